@@ -1,0 +1,46 @@
+"""The fixed vocabulary of disconnect reasons and exit codes (interface.md)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    USAGE = 64
+    INTERNAL = 70
+    CREDENTIALS = 77
+    CONFIG = 78
+
+
+class Reason(enum.StrEnum):
+    """Why a stream connection ended or a connect failed. Exactly one per event."""
+
+    OPERATIONAL_DISCONNECT = "operational_disconnect"
+    NETWORK = "network"
+    STALL = "stall"
+    SERVER_ERROR = "server_error"
+    RATE_LIMITED = "rate_limited"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    USAGE_CAP = "usage_cap"
+    NO_RULES = "no_rules"
+    RULES_CAP = "rules_cap"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    INVALID_REQUEST = "invalid_request"
+    # Not one of X's conditions: streamd itself closed the stream because the spool is full
+    # or it is shutting down. Kept separate so X-side reasons stay honest.
+    SPOOL_FULL = "spool_full"
+    SHUTDOWN = "shutdown"
+
+    @property
+    def fatal_exit_code(self) -> ExitCode | None:
+        """The exit code for reasons that must never be retried, else None."""
+        return _FATAL.get(self)
+
+
+_FATAL: dict[Reason, ExitCode] = {
+    Reason.UNAUTHORIZED: ExitCode.CREDENTIALS,
+    Reason.FORBIDDEN: ExitCode.CREDENTIALS,
+    Reason.INVALID_REQUEST: ExitCode.CONFIG,
+}
