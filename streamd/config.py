@@ -1,0 +1,690 @@
+"""The configuration: one TOML file, overridable per scalar key from the environment.
+
+`load_settings()` is the only entry point that touches files and the environment; the
+models themselves are plain, frozen pydantic models so tests can build them from dicts
+(`Settings.model_validate({...})`, every section optional). Every problem surfaces as ONE
+`ConfigError(key, problem)` naming the dotted key; secret values never appear in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from streamd.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/streamd/streamd.toml"
+CONFIG_PATH_ENV = "STREAMD_CONFIG"
+ENV_PREFIX = "STREAMD_"
+BEARER_TOKEN_CREDENTIAL = "x_bearer_token"
+SASL_PASSWORD_CREDENTIAL = "kafka_sasl_password"
+
+# Field names whose values must never be echoed in an error message.
+_SECRET_KEYS = frozenset({"bearer_token", "sasl_password"})
+
+# --- X API field/expansion enums (x-filtered-stream.md §1.2, OpenAPI v2.166) -------------
+
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+TWEET_FIELDS = _names(
+    "article attachments author_id card_uri community_id context_annotations "
+    "conversation_id created_at display_text_range edit_controls edit_history_tweet_ids "
+    "entities geo id in_reply_to_user_id lang matched_media_notes media_metadata "
+    "non_public_metrics note_request_suggestions note_tweet organic_metrics "
+    "paid_partnership possibly_sensitive promoted_metrics public_metrics referenced_tweets "
+    "reply_settings scopes source suggested_source_links suggested_source_links_with_counts "
+    "text withheld"
+)
+EXPANSIONS = _names(
+    "article.cover_media article.media_entities attachments.media_keys "
+    "attachments.media_source_tweet attachments.poll_ids author_id edit_history_tweet_ids "
+    "entities.mentions.username geo.place_id in_reply_to_user_id "
+    "entities.note.mentions.username referenced_tweets.id "
+    "referenced_tweets.id.attachments.media_keys referenced_tweets.id.author_id"
+)
+MEDIA_FIELDS = _names(
+    "alt_text duration_ms height media_key non_public_metrics organic_metrics "
+    "preview_image_url promoted_metrics public_metrics type url variants width"
+)
+POLL_FIELDS = _names("duration_minutes end_datetime id options voting_status")
+USER_FIELDS = _names(
+    "affiliation confirmed_email connection_status created_at description entities id "
+    "is_identity_verified location most_recent_tweet_id name parody pinned_tweet_id "
+    "profile_banner_url profile_image_url protected public_metrics receives_your_dm "
+    "subscription subscription_type url username verified verified_followers_count "
+    "verified_type withheld"
+)
+PLACE_FIELDS = _names(
+    "contained_within country country_code full_name geo id name place_type"
+)
+
+
+def _enum_list(allowed: frozenset[str]) -> AfterValidator:
+    """A validator for an X list parameter: known values only, no duplicates."""
+
+    def check(values: list[str]) -> list[str]:
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            raise ValueError(
+                f"unknown value {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}"
+            )
+        if len(set(values)) != len(values):
+            raise ValueError("duplicate values")
+        return values
+
+    return AfterValidator(check)
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _acks(value: Any) -> Any:
+    # aiokafka takes 0, 1 or "all"; TOML may say 1 or "1", the environment always says "1".
+    if isinstance(value, str):
+        value = value.strip().lower()
+        if value in {"0", "1"}:
+            return int(value)
+        if value == "-1":
+            return "all"
+    if value == -1 and not isinstance(value, bool):
+        return "all"
+    return value
+
+
+def _read_secret_file(path: Path, key: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"{str(path)!r} is not UTF-8 text") from None
+    if not value:
+        raise ConfigError(key, f"{str(path)!r} is empty")
+    return value
+
+
+def _resolve_secret(
+    inline: SecretStr | None,
+    file: Path | None,
+    credential: str,
+    environ: Mapping[str, str] | None,
+    *,
+    inline_key: str,
+    file_key: str,
+) -> str | None:
+    """inline value, else the file, else $CREDENTIALS_DIRECTORY/<credential>, else None."""
+    if inline is not None:
+        value = inline.get_secret_value().strip()
+        if not value:
+            raise ConfigError(inline_key, "is empty")
+        return value
+    if file is not None:
+        return _read_secret_file(file, file_key)
+    env = os.environ if environ is None else environ
+    creds_dir = env.get("CREDENTIALS_DIRECTORY")
+    if creds_dir:
+        candidate = Path(creds_dir) / credential
+        if candidate.exists():
+            return _read_secret_file(candidate, file_key)
+    return None
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True
+    )
+
+
+# --- sections ----------------------------------------------------------------------------
+
+
+class XSettings(_Section):
+    api_url: str = "https://api.x.com"
+    bearer_token: SecretStr | None = None
+    bearer_token_file: Path | None = None
+    tweet_fields: Annotated[list[str], _enum_list(TWEET_FIELDS)] = Field(
+        default_factory=lambda: [
+            "created_at",
+            "author_id",
+            "lang",
+            "entities",
+            "public_metrics",
+            "conversation_id",
+        ]
+    )
+    expansions: Annotated[list[str], _enum_list(EXPANSIONS)] = Field(
+        default_factory=lambda: ["author_id"]
+    )
+    user_fields: Annotated[list[str], _enum_list(USER_FIELDS)] = Field(
+        default_factory=lambda: ["username", "name", "verified"]
+    )
+    media_fields: Annotated[list[str], _enum_list(MEDIA_FIELDS)] = Field(default_factory=list)
+    poll_fields: Annotated[list[str], _enum_list(POLL_FIELDS)] = Field(default_factory=list)
+    place_fields: Annotated[list[str], _enum_list(PLACE_FIELDS)] = Field(default_factory=list)
+    connect_timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("api_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    def resolve_bearer_token(self, environ: Mapping[str, str] | None = None) -> str:
+        """The app-only bearer token: bearer_token, else bearer_token_file, else the systemd
+        credential $CREDENTIALS_DIRECTORY/x_bearer_token. Whitespace is stripped."""
+        token = _resolve_secret(
+            self.bearer_token,
+            self.bearer_token_file,
+            BEARER_TOKEN_CREDENTIAL,
+            environ,
+            inline_key="x.bearer_token",
+            file_key="x.bearer_token_file",
+        )
+        if token is None:
+            raise ConfigError(
+                "x.bearer_token",
+                "no bearer token: set x.bearer_token (env STREAMD_X__BEARER_TOKEN), "
+                "x.bearer_token_file, or provide $CREDENTIALS_DIRECTORY/x_bearer_token "
+                "(systemd LoadCredential=x_bearer_token)",
+            )
+        return token
+
+    def stream_params(self) -> dict[str, str]:
+        """The stream's query parameters for the field lists (empty lists are omitted)."""
+        pairs = {
+            "tweet.fields": self.tweet_fields,
+            "expansions": self.expansions,
+            "user.fields": self.user_fields,
+            "media.fields": self.media_fields,
+            "poll.fields": self.poll_fields,
+            "place.fields": self.place_fields,
+        }
+        return {name: ",".join(values) for name, values in pairs.items() if values}
+
+
+class StreamSettings(_Section):
+    stall_timeout: float = Field(default=30.0, gt=0)
+    backfill_minutes: int = Field(default=0, ge=0, le=5)
+    max_line_bytes: int = Field(default=1_048_576, ge=1024)
+    queue_size: int = Field(default=10_000, ge=1)
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid", hide_input_in_errors=True))
+class RuleSpec:
+    """One filtered-stream rule as configured. Hashable, so rule sets can be diffed."""
+
+    value: str
+    tag: str | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+def _check_unique(rules: list[RuleSpec], key: str) -> None:
+    seen: set[str] = set()
+    for rule in rules:
+        if rule.value in seen:
+            raise ConfigError(key, f"duplicate rule value {rule.value!r}")
+        seen.add(rule.value)
+
+
+class _RulesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rule: list[RuleSpec] = Field(default_factory=list)
+
+
+class RulesSettings(_Section):
+    mode: Annotated[Literal["sync", "add", "off"], BeforeValidator(_lower)] = "sync"
+    on_error: Annotated[Literal["fail", "continue"], BeforeValidator(_lower)] = "fail"
+    file: Path | None = None
+    rule: list[RuleSpec] = Field(default_factory=list)
+    # Local pre-checks against the tier (enforced by the rules module, per on_error).
+    max_rules: int = Field(default=1000, ge=1)
+    max_length: int = Field(default=1024, ge=1)
+
+    @field_validator("rule")
+    @classmethod
+    def _unique(cls, rules: list[RuleSpec]) -> list[RuleSpec]:
+        values = [r.value for r in rules]
+        for value in values:
+            if values.count(value) > 1:
+                raise ValueError(f"duplicate rule value {value!r}")
+        return rules
+
+    def resolved_rules(self, base_dir: str | os.PathLike[str] | None = None) -> list[RuleSpec]:
+        """Inline [[rules.rule]] entries followed by those of `rules.file` (a TOML file of
+        [[rule]] tables; a relative path is taken from base_dir, normally the config
+        file's directory)."""
+        rules = list(self.rule)
+        if self.file is not None:
+            path = self.file
+            if not path.is_absolute() and base_dir is not None:
+                path = Path(base_dir) / path
+            rules.extend(_load_rules_file(path))
+        _check_unique(rules, "rules.file" if self.file is not None else "rules.rule")
+        return rules
+
+
+def _load_rules_file(path: Path) -> list[RuleSpec]:
+    data = _read_toml(path, key="rules.file")
+    try:
+        return list(_RulesFile.model_validate(data).rule)
+    except ValidationError as exc:
+        raise _config_error_from(exc, prefix=f"rules.file({path})") from None
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "localhost:9092"
+    topic: str = Field(default="x.tweets", min_length=1)
+    dlq_topic: str = Field(default="x.tweets.dlq", min_length=1)
+    enable_idempotence: bool = True
+    compression: Annotated[
+        Literal["none", "gzip", "snappy", "lz4", "zstd"], BeforeValidator(_lower)
+    ] = "zstd"
+    acks: Annotated[Literal["all", 0, 1], BeforeValidator(_acks)] = "all"
+    linger_ms: int = Field(default=5, ge=0)
+    max_batch_bytes: int = Field(default=1_048_576, ge=1)
+    max_request_size: int = Field(default=1_048_576, ge=1024)
+    client_id: str = Field(default="streamd", min_length=1)
+    ce_source: str = Field(default="https://api.x.com/2/tweets/search/stream", min_length=1)
+    publish_timeout: float = Field(default=10.0, gt=0)
+    flush_timeout: float = Field(default=15.0, gt=0)
+    security_protocol: Annotated[
+        Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"], BeforeValidator(_upper)
+    ] = "PLAINTEXT"
+    sasl_mechanism: Annotated[
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None, BeforeValidator(_upper)
+    ] = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_servers(cls, value: str) -> str:
+        servers = [s.strip() for s in value.split(",") if s.strip()]
+        if not servers:
+            raise ValueError("must list at least one host:port")
+        for server in servers:
+            _split_host_port(server)
+        return ",".join(servers)
+
+    @field_validator("sasl_mechanism")
+    @classmethod
+    def _sasl_needs_protocol(
+        cls, value: str | None, info: ValidationInfo
+    ) -> str | None:
+        protocol = info.data.get("security_protocol", "")
+        if protocol.startswith("SASL_") and value is None:
+            raise ValueError(f"required when security_protocol is {protocol}")
+        return value
+
+    @field_validator("sasl_username")
+    @classmethod
+    def _sasl_needs_user(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("sasl_mechanism") is not None and not value:
+            raise ValueError("required when sasl_mechanism is set")
+        return value
+
+    def resolve_sasl_password(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """None when SASL is not configured; else sasl_password, sasl_password_file, or
+        $CREDENTIALS_DIRECTORY/kafka_sasl_password."""
+        if self.sasl_mechanism is None:
+            return None
+        password = _resolve_secret(
+            self.sasl_password,
+            self.sasl_password_file,
+            SASL_PASSWORD_CREDENTIAL,
+            environ,
+            inline_key="kafka.sasl_password",
+            file_key="kafka.sasl_password_file",
+        )
+        if password is None:
+            raise ConfigError(
+                "kafka.sasl_password",
+                "no SASL password: set kafka.sasl_password, kafka.sasl_password_file, or "
+                "provide $CREDENTIALS_DIRECTORY/kafka_sasl_password "
+                "(systemd LoadCredential=kafka_sasl_password)",
+            )
+        return password
+
+
+class SpoolSettings(_Section):
+    dir: Path = Path("/var/lib/streamd/spool")
+    max_bytes: int = Field(default=1_073_741_824, gt=0)
+    batch_interval: float = Field(default=0.2, gt=0)
+
+
+def _split_host_port(value: str) -> tuple[str, int]:
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^\s:\[\]]+):(\d+)", value)
+    if match is None:
+        raise ValueError(f"{value!r} must be host:port (IPv6 as [addr]:port)")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range 0..65535")
+    return host, port
+
+
+class HttpSettings(_Section):
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        _split_host_port(value)
+        return value
+
+    @property
+    def host(self) -> str:
+        return _split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        """0 means an ephemeral port (tests)."""
+        return _split_host_port(self.listen)[1]
+
+
+# Each *_max key and the key it may not be below.
+_BACKOFF_FLOORS = {
+    "network_max": "network_step",
+    "http_max": "http_initial",
+    "rate_limit_max": "rate_limit_initial",
+    "usage_cap_max": "usage_cap_initial",
+}
+
+
+class BackoffSettings(_Section):
+    """Seconds. Field names match streamd.backoff.BackoffSettings, so
+    `backoff.BackoffSettings(**settings.backoff.model_dump())` works."""
+
+    network_step: float = Field(default=0.25, ge=0)
+    network_max: float = Field(default=16.0, ge=0)
+    http_initial: float = Field(default=5.0, ge=0)
+    http_max: float = Field(default=320.0, ge=0)
+    rate_limit_initial: float = Field(default=60.0, ge=0)
+    rate_limit_max: float = Field(default=960.0, ge=0)
+    usage_cap_initial: float = Field(default=900.0, ge=0)
+    usage_cap_max: float = Field(default=21600.0, ge=0)
+    jitter: float = Field(default=0.1, ge=0)
+    healthy_after: float = Field(default=30.0, ge=0)
+
+    @field_validator(*_BACKOFF_FLOORS)
+    @classmethod
+    def _max_not_below_initial(cls, value: float, info: ValidationInfo) -> float:
+        assert info.field_name is not None
+        floor_key = _BACKOFF_FLOORS[info.field_name]
+        floor = info.data.get(floor_key)
+        if floor is not None and value < floor:
+            raise ValueError(f"must be >= {floor_key} ({floor:g})")
+        return value
+
+
+class LogSettings(_Section):
+    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = (
+        "info"
+    )
+    format: Annotated[Literal["json", "console"], BeforeValidator(_lower)] = "json"
+
+
+class Settings(_Section):
+    x: XSettings = Field(default_factory=XSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+    rules: RulesSettings = Field(default_factory=RulesSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    backoff: BackoffSettings = Field(default_factory=BackoffSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    _source_path: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_sections(cls, data: Any) -> Any:
+        # An empty TOML table and an absent one mean the same: defaults.
+        if isinstance(data, dict):
+            return {k: ({} if v is None else v) for k, v in data.items()}
+        return data
+
+    @property
+    def source_path(self) -> Path | None:
+        """The file these settings were loaded from (None when built from a dict)."""
+        return self._source_path
+
+    @property
+    def base_dir(self) -> Path:
+        """Where relative paths in the config (rules.file) are taken from."""
+        return self._source_path.parent if self._source_path is not None else Path.cwd()
+
+    def resolved_rules(self) -> list[RuleSpec]:
+        return self.rules.resolved_rules(self.base_dir)
+
+    def warnings(self) -> list[str]:
+        """Accepted but questionable values; the caller logs them."""
+        found: list[str] = []
+        if self.stream.stall_timeout < 21:
+            found.append(
+                f"stream.stall_timeout = {self.stream.stall_timeout:g} s is below 21 s: X "
+                "sends a heartbeat every 20 s, so a healthy idle stream may be cut"
+            )
+        if self.stream.backfill_minutes > 0:
+            found.append(
+                "stream.backfill_minutes > 0 is honoured only on Enterprise access; other "
+                "tiers may reject or ignore it"
+            )
+        if self.kafka.max_batch_bytes > self.kafka.max_request_size:
+            found.append("kafka.max_batch_bytes exceeds kafka.max_request_size")
+        if self.kafka.sasl_mechanism is not None and self.kafka.security_protocol == (
+            "SASL_PLAINTEXT"
+        ):
+            found.append("kafka SASL credentials travel unencrypted (SASL_PLAINTEXT)")
+        if self.rules.mode != "off" and not self.rules.rule and self.rules.file is None:
+            found.append(
+                f"rules.mode = {self.rules.mode!r} but no rules are configured: "
+                "the stream will deliver nothing"
+            )
+        return found
+
+    def redacted(self) -> dict[str, Any]:
+        """A JSON-able dump for debug output, with every secret shown as '***'."""
+        data = self.model_dump(mode="json")
+        for section, key in (("x", "bearer_token"), ("kafka", "sasl_password")):
+            if data[section].get(key) is not None:
+                data[section][key] = "***"
+        return data
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def _read_toml(path: Path, *, key: str) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(key, f"config file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(key, f"{str(path)!r} is not UTF-8 (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        # The message ends with "(at line L, column C)"; it never quotes the value.
+        raise ConfigError(key, f"{str(path)!r}: invalid TOML: {exc}") from None
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap_optional(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(annotation))
+        if len(args) == 1:
+            inner, _ = _unwrap_optional(args[0])
+            return inner, optional
+    return annotation, False
+
+
+def _env_value(raw: str, annotation: Any) -> Any:
+    inner, optional = _unwrap_optional(annotation)
+    if optional and raw == "":
+        return None
+    if typing.get_origin(inner) is list:
+        text = raw.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                pass  # fall through: validation reports it against the key
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return raw
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    sections = Settings.model_fields
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_PATH_ENV:
+            continue
+        rest = name[len(ENV_PREFIX) :]
+        if "__" not in rest:
+            # A single underscore after a known section is a typo for the double one.
+            for section in sections:
+                if rest.lower().startswith(section + "_"):
+                    key = rest[len(section) + 1 :].lower()
+                    raise ConfigError(
+                        f"{section}.{key}",
+                        f"environment variable {name} is not an override; "
+                        f"use STREAMD_{section.upper()}__{key.upper()}",
+                    )
+            continue
+        section, _, key = rest.lower().partition("__")
+        if section not in sections:
+            raise ConfigError(
+                f"{section}.{key}", f"environment variable {name}: unknown section {section!r}"
+            )
+        section_model = typing.cast(type[BaseModel], sections[section].annotation)
+        field = section_model.model_fields.get(key)
+        if field is None:
+            raise ConfigError(f"{section}.{key}", f"environment variable {name}: unknown key")
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(section, "must be a table")
+        table[key] = _env_value(raw, field.annotation)
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    loc = error["loc"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    if kind == "literal_error":
+        expected = str(error.get("ctx", {}).get("expected", ""))
+        problem = "must be one of " + expected.replace("'", "").replace(" or ", ", ")
+    else:
+        problem = str(error["msg"])
+        problem = problem.removeprefix("Value error, ")
+        problem = re.sub(r"^Input should be", "must be", problem)
+        problem = re.sub(r"^Input ", "value ", problem)
+    secret = any(part in _SECRET_KEYS for part in loc if isinstance(part, str))
+    if not secret and isinstance(value, str | int | float | bool) and len(repr(value)) < 80:
+        problem += f"; got {value!r}"
+    return problem
+
+
+def _config_error_from(exc: ValidationError, prefix: str = "") -> ConfigError:
+    errors = exc.errors(include_url=False, include_context=True)
+    first = errors[0]
+    key = _format_loc(tuple(first["loc"]))
+    if prefix:
+        key = f"{prefix}.{key}" if key else prefix
+    problem = _describe(first)
+    if len(errors) > 1:
+        more = len(errors) - 1
+        problem += f" (and {more} more error{'s' if more > 1 else ''})"
+    return ConfigError(key, problem)
+
+
+def validate_settings(data: Mapping[str, Any]) -> Settings:
+    """Settings from an already-parsed mapping; pydantic errors become one ConfigError."""
+    try:
+        return Settings.model_validate(dict(data))
+    except ValidationError as exc:
+        raise _config_error_from(exc) from None
+
+
+def config_path(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Path:
+    """-c PATH, else $STREAMD_CONFIG, else /etc/streamd/streamd.toml."""
+    env = os.environ if environ is None else environ
+    if path is not None:
+        return Path(path)
+    return Path(env.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read, override from the environment, and validate the configuration."""
+    env = os.environ if environ is None else environ
+    source = config_path(path, env)
+    data = _read_toml(source, key="")
+    _apply_env(data, env)
+    settings = validate_settings(data)
+    settings._source_path = source.absolute()
+    # Catch a bad rules file at start-up (and on SIGHUP re-read), not at first sync.
+    settings.resolved_rules()
+    return settings
