@@ -1,0 +1,174 @@
+"""Prometheus metrics (names fixed by interface.md), each Metrics owning its own registry.
+
+A registry per instance lets several daemons live in one test process. Labelled series
+are pre-initialised for every known label value so dashboards show zeros, not gaps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    make_asgi_app,
+)
+
+from streamd import __version__
+from streamd.reasons import Reason
+
+# The *_created series double the exposition and no dashboard uses them. (This is a
+# process-wide prometheus_client switch; streamd owns the process.)
+disable_created_metrics()
+
+# Why a line went to the DLQ (the streamd_dlq_reason header values).
+DLQ_REASONS: tuple[str, ...] = ("decode", "validate", "oversize")
+# Why a publish attempt failed: no ack within kafka.publish_timeout, the broker is not
+# reachable, the broker refused the record for its size, or any other broker error.
+PUBLISH_FAILURE_REASONS: tuple[str, ...] = ("timeout", "unavailable", "too_large", "other")
+# What each line read from the stream was: a tweet, a heartbeat (blank line), an
+# error-only message (errors[] without data), or a line that went to the DLQ.
+STREAM_LINE_KINDS: tuple[str, ...] = ("tweet", "keepalive", "error", "invalid")
+# X endpoints whose x-rate-limit-remaining header is exported.
+RATE_LIMIT_ENDPOINTS: tuple[str, ...] = ("stream", "rules_get", "rules_post")
+
+RECONNECT_DELAY_BUCKETS: tuple[float, ...] = (
+    0, 0.25, 1, 5, 16, 60, 320, 960, 3600, 21600,
+)
+# 1 ms .. 60 s, roughly x2.5 per step: local brokers ack in ms, a recovering spool in s.
+PUBLISH_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+)
+
+
+class Metrics:
+    """Every streamd metric, registered on a private CollectorRegistry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True) if registry is None else registry
+        r = self.registry
+
+        self.build_info = Gauge(
+            "streamd_build_info", "streamd version (value is always 1)", ["version"], registry=r
+        )
+        self.build_info.labels(version=__version__).set(1)
+
+        # --- stream ---
+        self.tweets_received = Counter(
+            "streamd_tweets_received_total", "Tweets read from the X stream", registry=r
+        )
+        self.keepalives = Counter(
+            "streamd_keepalives_total", "Heartbeat (blank) lines read from the stream", registry=r
+        )
+        self.stream_lines = Counter(
+            "streamd_stream_lines_total",
+            "Lines read from the stream by kind (tweet, keepalive, error, invalid)",
+            ["kind"],
+            registry=r,
+        )
+        self.stream_connected = Gauge(
+            "streamd_stream_connected", "1 while the stream connection is up", registry=r
+        )
+        self.stream_disconnects = Counter(
+            "streamd_stream_disconnects_total",
+            "Stream connection ends and failed connects, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.reconnect_delay = Histogram(
+            "streamd_reconnect_delay_seconds",
+            "Delay scheduled before the next connect, by the reason that caused it",
+            ["reason"],
+            buckets=RECONNECT_DELAY_BUCKETS,
+            registry=r,
+        )
+        self.usage_capped = Gauge(
+            "streamd_usage_capped", "1 while X reports the usage cap is reached", registry=r
+        )
+        self.x_rate_limit_remaining = Gauge(
+            "streamd_x_rate_limit_remaining",
+            "Last x-rate-limit-remaining header seen, by endpoint",
+            ["endpoint"],
+            registry=r,
+        )
+        self.rules_active = Gauge(
+            "streamd_rules_active", "Rules active on the server after the last sync", registry=r
+        )
+
+        # --- publishing ---
+        self.tweets_published = Counter(
+            "streamd_tweets_published_total", "Tweets acknowledged by Kafka", registry=r
+        )
+        self.tweets_published_by_rule = Counter(
+            "streamd_tweets_published_by_rule_total",
+            "Tweets acknowledged by Kafka, once per matching rule tag",
+            ["rule_tag"],
+            registry=r,
+        )
+        self.tweets_dlq = Counter(
+            "streamd_tweets_dlq_total",
+            "Lines sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.duplicates_dropped = Counter(
+            "streamd_duplicates_dropped_total",
+            "Tweets dropped because their id was seen recently",
+            registry=r,
+        )
+        self.publish_latency = Histogram(
+            "streamd_publish_latency_seconds",
+            "Time from reading a line to the broker's acknowledgement",
+            buckets=PUBLISH_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "streamd_publish_failures_total",
+            "Failed publish attempts (the record is retried or spooled), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.kafka_available = Gauge(
+            "streamd_kafka_available", "1 while Kafka acknowledges records", registry=r
+        )
+
+        # --- spool ---
+        self.spool_messages = Gauge(
+            "streamd_spool_messages", "Records held in the spool awaiting Kafka", registry=r
+        )
+        self.spool_bytes = Gauge(
+            "streamd_spool_bytes", "Bytes held in the spool awaiting Kafka", registry=r
+        )
+
+        self._preinitialise()
+
+    def _preinitialise(self) -> None:
+        for reason in Reason:
+            self.stream_disconnects.labels(reason=reason.value)
+            self.reconnect_delay.labels(reason=reason.value)
+        for dlq_reason in DLQ_REASONS:
+            self.tweets_dlq.labels(reason=dlq_reason)
+        for failure in PUBLISH_FAILURE_REASONS:
+            self.publish_failures.labels(reason=failure)
+        for kind in STREAM_LINE_KINDS:
+            self.stream_lines.labels(kind=kind)
+        # x_rate_limit_remaining is left unset until a header is seen: a pre-set 0 would
+        # read as "exhausted".
+
+    def preinitialise_rule_tags(self, tags: list[str]) -> None:
+        """Show a zero series for each configured rule tag before its first tweet."""
+        for tag in tags:
+            self.tweets_published_by_rule.labels(rule_tag=tag)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)
+
+    def asgi_app(self) -> Callable[..., Any]:
+        """An ASGI app serving this registry (mount it at /metrics)."""
+        return make_asgi_app(self.registry)
