@@ -24,7 +24,7 @@ from streamd.reasons import Reason
 
 # The *_created series double the exposition and no dashboard uses them. (This is a
 # process-wide prometheus_client switch; streamd owns the process.)
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Why a line went to the DLQ (the streamd_dlq_reason header values).
 DLQ_REASONS: tuple[str, ...] = ("decode", "validate", "oversize")
