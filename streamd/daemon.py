@@ -1,0 +1,198 @@
+"""The daemon's lifecycle: one task group holding the reader, the publisher and the
+operations endpoint; signals; a shielded, deadline-bounded shutdown.
+
+SIGTERM/SIGINT: stop reading X, let the publisher drain the queue, wait for the last acks
+within kafka.flush_timeout, exit 0. SIGHUP: re-read the config file and re-sync rules while
+the stream stays connected.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from streamd import sdnotify
+from streamd.backoff import BackoffSettings, ReconnectPolicy
+from streamd.config import Settings, load_settings
+from streamd.dedup import Deduplicator
+from streamd.errors import FatalDisconnect, RulesError, StreamdError
+from streamd.http_server import OpsApp, serve_ops
+from streamd.logs import get_logger
+from streamd.metrics import Metrics
+from streamd.publisher import KafkaPublisher
+from streamd.reasons import ExitCode
+from streamd.records import OutRecord
+from streamd.stream import StreamReader, make_client
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self._environ = dict(os.environ if environ is None else environ)
+        self.metrics = Metrics()
+        self.log = get_logger("streamd")
+        self.exit_code = ExitCode.OK
+        self._reader: StreamReader | None = None
+        self._publisher: KafkaPublisher | None = None
+        self._rules_synced = False
+        self._client: Any = None
+
+    # -- readiness -------------------------------------------------------------------
+
+    def readiness(self) -> str | None:
+        reader, publisher = self._reader, self._publisher
+        if reader is None or publisher is None:
+            return "starting"
+        if reader.usage_capped:
+            return "usage_cap"
+        if not reader.connected:
+            return "stream_disconnected"
+        if not publisher.available:
+            return "kafka_unavailable"
+        return None
+
+    # -- rules -------------------------------------------------------------------------
+
+    async def sync_rules(self, *, reason: str) -> bool:
+        """Make the server's rules match the configuration. True if rules are in place."""
+        if self.settings.rules.mode == "off":
+            return False
+        try:
+            from streamd.rules import sync_configured_rules
+        except ImportError:  # pragma: no cover - rules sync ships with the rules module
+            return False
+        try:
+            result = await sync_configured_rules(
+                self._client, self.settings, self.log, self.metrics, trigger=reason
+            )
+        except RulesError as exc:
+            if self.settings.rules.on_error == "continue":
+                self.log.error("rules.sync_failed", error=str(exc), action="keeping server rules")
+                return True
+            raise
+        return bool(result)
+
+    async def _reload(self) -> None:
+        """SIGHUP: re-read the config file, re-sync rules; the stream stays connected."""
+        path = self.settings.source_path
+        try:
+            fresh = load_settings(path, self._environ)
+        except StreamdError as exc:
+            self.log.error("config.reload_failed", error=str(exc))
+            return
+        self.settings = self.settings.model_copy(update={"rules": fresh.rules})
+        self.log.info("config.reloaded", path=str(path))
+        try:
+            await self.sync_rules(reason="sighup")
+        except StreamdError as exc:
+            self.log.error("rules.sync_failed", error=str(exc), action="keeping server rules")
+
+    # -- the run -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        settings = self.settings
+        started = time.monotonic()
+        for warning in settings.warnings():
+            self.log.warning("config.warning", detail=warning)
+        token = settings.x.resolve_bearer_token(self._environ)
+        backoff = BackoffSettings(**settings.backoff.model_dump())
+        send, receive = anyio.create_memory_object_stream[list[OutRecord]](
+            max_buffer_size=settings.stream.queue_size
+        )
+        publisher = self._publisher = KafkaPublisher(
+            settings.kafka, self.metrics, self.log,
+            sasl_password=settings.kafka.resolve_sasl_password(self._environ),
+        )
+        async with make_client(settings, token) as client:
+            self._client = client
+            reader = self._reader = StreamReader(
+                settings, client, self.metrics, self.log, ReconnectPolicy(backoff),
+                dedup=Deduplicator(),
+                on_no_rules=lambda: self.sync_rules(reason="no_rules"),
+            )
+            try:
+                async with anyio.create_task_group() as tg:
+                    port = await tg.start(
+                        serve_ops, OpsApp(self.metrics.asgi_app(), self.readiness),
+                        settings.http.listen,
+                    )
+                    self.log.info("http.listening", port=port, listen=settings.http.listen)
+                    tg.start_soon(self._watch_signals, tg)
+                    if await self.sync_rules(reason="startup"):
+                        self._rules_synced = True
+                    publisher_done = anyio.Event()
+                    tg.start_soon(self._run_publisher, receive, publisher_done)
+                    tg.start_soon(self._notify_systemd)
+                    try:
+                        await reader.run(send)
+                    except FatalDisconnect as exc:
+                        self.exit_code = exc.exit_code
+                        self.log.error("daemon.fatal", reason=exc.reason, detail=exc.detail,
+                                       exit_code=int(exc.exit_code))
+                    await self._shutdown(publisher, publisher_done)
+                    tg.cancel_scope.cancel()
+            except RulesError as exc:
+                self.exit_code = exc.exit_code
+                self.log.error("daemon.fatal", reason="rules", detail=str(exc),
+                               exit_code=int(exc.exit_code))
+                await publisher.aclose()
+        undelivered = publisher.stats.in_flight
+        self.log.info(
+            "daemon.stopped", exit_code=int(self.exit_code), published=publisher.stats.published,
+            spooled=undelivered, uptime_s=round(time.monotonic() - started, 3),
+        )
+        return int(self.exit_code)
+
+    async def _run_publisher(self, receive: Any, done: anyio.Event) -> None:
+        assert self._publisher is not None
+        try:
+            await self._publisher.run(receive)
+        finally:
+            done.set()
+
+    async def _shutdown(self, publisher: KafkaPublisher, publisher_done: anyio.Event) -> None:
+        sdnotify.stopping()
+        deadline = self.settings.kafka.flush_timeout
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(deadline):
+                await publisher_done.wait()
+            leftover = await publisher.flush(deadline)
+            publisher.stats.in_flight = len(leftover)
+            if leftover:
+                self.log.error("kafka.flush_incomplete", undelivered=len(leftover))
+            await publisher.aclose()
+
+    async def _watch_signals(self, tg: TaskGroup) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    tg.start_soon(self._reload)
+                    continue
+                self.log.info("daemon.stopping", signal=signal.Signals(signum).name)
+                if self._reader is not None:
+                    self._reader.stop()
+
+    async def _notify_systemd(self) -> None:
+        """READY=1 once rules are synced and tweets can flow; STATUS= every few seconds."""
+        ready_sent = False
+        while True:
+            reader = self._reader
+            if reader is not None and not ready_sent and (reader.connected or self._rules_synced):
+                sdnotify.ready("streaming")
+                ready_sent = True
+            if reader is not None:
+                sdnotify.status(
+                    f"connected={int(reader.connected)} received={reader.received} "
+                    f"published={self._publisher.stats.published if self._publisher else 0}"
+                )
+            await anyio.sleep(5)
+
+
+def run_daemon(settings: Settings) -> int:
+    return anyio.run(Daemon(settings).run, backend="asyncio")

@@ -1,0 +1,339 @@
+"""The stream reader: one connection at a time, framed, classified, queued.
+
+reader -> line framing -> classification -> bounded queue. The reader never publishes: it
+hands lists of records (one list per network read) to the publisher through a bounded memory
+stream, so a slow Kafka shows up as queue depth, not as a stalled socket read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+import anyio
+import httpx
+from anyio.streams.memory import MemoryObjectSendStream
+
+from streamd import __version__
+from streamd.backoff import ReconnectPolicy
+from streamd.classify import (
+    Classification,
+    classify_connect_response,
+    classify_eof,
+    classify_transport_error,
+)
+from streamd.config import Settings
+from streamd.dedup import Deduplicator
+from streamd.errors import FatalDisconnect
+from streamd.framing import LineFramer, Oversize
+from streamd.metrics import Metrics
+from streamd.reasons import ExitCode, Reason
+from streamd.records import (
+    DLQ_DECODE,
+    DLQ_OVERSIZE,
+    ErrorMessage,
+    OutRecord,
+    dlq_record,
+    interpret_line,
+)
+
+STREAM_PATH = "/2/tweets/search/stream"
+USER_AGENT = f"streamd/{__version__} (+filtered-stream to Kafka; httpx/{httpx.__version__})"
+# An error body on a failed connect is small; never buffer more than this of it.
+_MAX_ERROR_BODY = 64 * 1024
+
+_FIELD_PARAMS = {
+    "tweet.fields": "tweet_fields",
+    "expansions": "expansions",
+    "user.fields": "user_fields",
+    "media.fields": "media_fields",
+    "poll.fields": "poll_fields",
+    "place.fields": "place_fields",
+}
+
+
+class Logger(Protocol):
+    def info(self, event: str, **kw: Any) -> Any: ...
+    def warning(self, event: str, **kw: Any) -> Any: ...
+    def error(self, event: str, **kw: Any) -> Any: ...
+
+
+def stream_params(settings: Settings, *, backfill: bool) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for param, attr in _FIELD_PARAMS.items():
+        values = getattr(settings.x, attr)
+        if values:
+            params[param] = ",".join(values)
+    if backfill and settings.stream.backfill_minutes > 0:
+        params["backfill_minutes"] = str(settings.stream.backfill_minutes)
+    return params
+
+
+def make_client(settings: Settings, token: str) -> httpx.AsyncClient:
+    """One long-lived client: HTTP/2 when the server offers it, gzip accepted."""
+    return httpx.AsyncClient(
+        base_url=settings.x.api_url,
+        http2=True,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "User-Agent": USER_AGENT,
+            "Accept-Encoding": "gzip",
+        },
+        # The read timeout is ours (the stall watchdog), so httpx gets none.
+        timeout=httpx.Timeout(settings.x.connect_timeout, read=None),
+        follow_redirects=False,
+    )
+
+
+class StreamReader:
+    def __init__(
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        metrics: Metrics,
+        log: Logger,
+        policy: ReconnectPolicy,
+        *,
+        dedup: Deduplicator | None = None,
+        on_no_rules: Callable[[], Awaitable[bool]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._metrics = metrics
+        self._log = log
+        self._policy = policy
+        self._dedup = dedup
+        self._on_no_rules = on_no_rules
+        self._clock = clock
+        self._ce_source = settings.kafka.ce_source.encode()
+        self._stopping = False
+        self._read_scope: anyio.CancelScope | None = None
+        self._had_connection = False
+        self._healthy_since_connect = False
+        self.connected = False
+        self.usage_capped = False
+        self.received = 0
+        self.last_progress = time.monotonic()
+
+    def stop(self) -> None:
+        """Stop reading: end the current connection or backoff wait; run() then returns."""
+        self._stopping = True
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+
+    async def run(self, send: MemoryObjectSendStream[list[OutRecord]]) -> None:
+        """Connect, read, classify, back off; until stop() or a fatal reason (raised as
+        FatalDisconnect). Closes `send` on the way out so the publisher drains and ends."""
+        async with send:
+            attempt = 0
+            while not self._stopping:
+                attempt += 1
+                outcome = await self._session(send, attempt)
+                self._set_connected(False)
+                if self._stopping:
+                    return
+                if self._healthy_since_connect:
+                    attempt = 0  # counts connects since the last one that delivered data
+                await self._after_disconnect(outcome, attempt)
+
+    async def _after_disconnect(self, c: Classification, attempt: int) -> None:
+        fields: dict[str, Any] = {"reason": str(c.reason)}
+        if c.status is not None:
+            fields["status"] = c.status
+        if c.disconnect_type:
+            fields["disconnect_type"] = c.disconnect_type
+        if c.detail:
+            fields["detail"] = c.detail
+        self._log.warning("stream.disconnected", **fields)
+        self._metrics.stream_disconnects.labels(reason=str(c.reason)).inc()
+        self.usage_capped = c.reason is Reason.USAGE_CAP
+        self._metrics.usage_capped.set(1 if self.usage_capped else 0)
+        if c.reason is Reason.NO_RULES and (
+            self._on_no_rules is None or not await self._on_no_rules()
+        ):
+            raise FatalDisconnect(
+                    str(c.reason), ExitCode.CONFIG,
+                    "the stream has no rules and none are configured: add [[rules.rule]] "
+                    "entries (rules.mode = \"sync\" or \"add\") or create rules on X",
+                )
+        delay = self._policy.next_delay(c)  # raises FatalDisconnect for fatal reasons
+        self._log.info(
+            "stream.reconnect_scheduled", reason=str(c.reason), attempt=attempt + 1,
+            delay_s=round(delay, 3),
+        )
+        self._metrics.reconnect_delay.labels(reason=str(c.reason)).observe(delay)
+        with anyio.CancelScope() as scope:
+            self._read_scope = scope
+            await anyio.sleep(delay)
+        self._read_scope = None
+
+    def _set_connected(self, connected: bool) -> None:
+        self.connected = connected
+        self._metrics.stream_connected.set(1 if connected else 0)
+
+    def _note_rate_limit(self, headers: Mapping[str, str]) -> None:
+        remaining = headers.get("x-rate-limit-remaining")
+        if remaining is not None and remaining.isdigit():
+            self._metrics.x_rate_limit_remaining.labels(endpoint="stream").set(int(remaining))
+
+    async def _session(
+        self, send: MemoryObjectSendStream[list[OutRecord]], attempt: int
+    ) -> Classification:
+        """One connect and, if it succeeds, one connection's life. Returns why it ended."""
+        self._healthy_since_connect = False
+        params = stream_params(self._settings, backfill=self._had_connection)
+        framer = LineFramer(self._settings.stream.max_line_bytes)
+        last_message: Classification | None = None
+        with anyio.CancelScope() as scope:
+            self._read_scope = scope
+            try:
+                async with self._client.stream("GET", STREAM_PATH, params=params) as resp:
+                    self._note_rate_limit(resp.headers)
+                    if resp.status_code != 200:
+                        body = await _read_bounded(resp, _MAX_ERROR_BODY)
+                        return classify_connect_response(resp.status_code, resp.headers, body)
+                    self._had_connection = True
+                    self._set_connected(True)
+                    self._policy.on_connected()
+                    self._log.info("stream.connected", attempt=attempt)
+                    last_message = await self._read_body(resp, framer, send, scope)
+                    if last_message is not None and last_message.reason is Reason.STALL:
+                        return last_message
+            except httpx.HTTPError as exc:
+                await self._flush_tail(framer, send)
+                return classify_transport_error(exc)
+            except OSError as exc:
+                await self._flush_tail(framer, send)
+                return classify_transport_error(exc)
+            finally:
+                self._read_scope = None
+        if scope.cancelled_caught:
+            return Classification(Reason.SHUTDOWN, None, None, None, None, "stopping", None)
+        await self._flush_tail(framer, send)
+        return classify_eof(last_message)
+
+    async def _read_body(
+        self,
+        resp: httpx.Response,
+        framer: LineFramer,
+        send: MemoryObjectSendStream[list[OutRecord]],
+        read_scope: anyio.CancelScope,
+    ) -> Classification | None:
+        """Read until the body ends. Returns the last in-stream disconnect message, or a
+        `stall` classification when no byte arrived for stall_timeout seconds."""
+        stall_timeout = self._settings.stream.stall_timeout
+        last_message: Classification | None = None
+        chunks = resp.aiter_bytes()
+        while True:
+            with anyio.move_on_after(stall_timeout) as stall_scope:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return last_message
+            if stall_scope.cancelled_caught:
+                return Classification(
+                    Reason.STALL, 200, None, None, None,
+                    f"no data for {stall_timeout:g} s", None,
+                )
+            self.last_progress = time.monotonic()
+            frames = framer.feed(chunk)
+            if not frames:
+                continue
+            records, message = self._process(frames)
+            if message is not None:
+                last_message = message
+            if records:
+                # Shielded: a record that was read is queued even while stopping.
+                with anyio.CancelScope(shield=True):
+                    await send.send(records)
+            if read_scope.cancel_called:
+                return last_message
+
+    def _process(
+        self, frames: list[bytes | Oversize]
+    ) -> tuple[list[OutRecord], Classification | None]:
+        metrics = self._metrics
+        records: list[OutRecord] = []
+        message: Classification | None = None
+        read_ms = time.time_ns() // 1_000_000
+        read_at = time.monotonic()
+        ce_source = self._ce_source
+        heartbeats = 0
+        tweets = 0
+        for frame in frames:
+            if isinstance(frame, Oversize):
+                records.append(dlq_record(
+                    frame.prefix, DLQ_OVERSIZE,
+                    f"line longer than stream.max_line_bytes "
+                    f"({self._settings.stream.max_line_bytes}); first bytes kept",
+                    read_ms=read_ms, read_at=read_at,
+                ))
+                metrics.tweets_dlq.labels(reason=DLQ_OVERSIZE).inc()
+                continue
+            if not frame:
+                heartbeats += 1
+                continue
+            out = interpret_line(frame, ce_source=ce_source, read_ms=read_ms, read_at=read_at)
+            if isinstance(out, ErrorMessage):
+                message = self._on_error_message(out) or message
+                continue
+            if out.dlq:
+                metrics.tweets_dlq.labels(reason=out.headers[0][1].decode()).inc()
+                records.append(out)
+                continue
+            tweets += 1
+            if self._dedup is not None and self._dedup.seen(out.tweet_id or ""):
+                metrics.duplicates_dropped.inc()
+                continue
+            records.append(out)
+        if heartbeats:
+            metrics.keepalives.inc(heartbeats)
+        if tweets:
+            self.received += tweets
+            metrics.tweets_received.inc(tweets)
+            if not self._healthy_since_connect:
+                self._healthy_since_connect = True
+                self._policy.on_data()
+        return records, message
+
+    def _on_error_message(self, msg: ErrorMessage) -> Classification | None:
+        c = msg.classification
+        errors = msg.payload.get("errors")
+        first = errors[0] if isinstance(errors, list) and errors else {}
+        self._log.warning(
+            "stream.error_message",
+            reason=str(c.reason) if c else None,
+            title=first.get("title") if isinstance(first, dict) else None,
+            detail=(first.get("detail") if isinstance(first, dict) else None),
+            disconnect_type=c.disconnect_type if c else None,
+        )
+        self._metrics.stream_lines.labels(kind="error").inc()
+        return c
+
+    async def _flush_tail(
+        self, framer: LineFramer, send: MemoryObjectSendStream[list[OutRecord]]
+    ) -> None:
+        """A line cut off by the end of the connection goes to the DLQ, not to /dev/null."""
+        tail = framer.finish()
+        if not tail:
+            return
+        record = dlq_record(
+            tail, DLQ_DECODE, "truncated: the connection ended in the middle of this line",
+            read_ms=time.time_ns() // 1_000_000, read_at=time.monotonic(),
+        )
+        self._metrics.tweets_dlq.labels(reason=DLQ_DECODE).inc()
+        with anyio.CancelScope(shield=True):
+            await send.send([record])
+
+
+async def _read_bounded(resp: httpx.Response, limit: int) -> bytes:
+    body = bytearray()
+    with anyio.move_on_after(10):
+        async for chunk in resp.aiter_bytes():
+            body += chunk
+            if len(body) >= limit:
+                break
+    return bytes(body[:limit])
+
