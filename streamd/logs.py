@@ -34,6 +34,12 @@ REDACTED = "***"
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 _handler: logging.Handler | None = None
+_current_level = "info"
+
+
+def current_level() -> str:
+    """The level last passed to configure_logging ("info" before any call)."""
+    return _current_level
 
 
 def register_secret(value: str) -> None:
@@ -163,7 +169,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
 
     Safe to call again (tests, SIGHUP): the previous handler is replaced.
     """
-    global _handler
+    global _handler, _current_level
     numeric = _LEVELS.get(level.lower())
     if numeric is None:
         raise ValueError(f"unknown log level {level!r} (debug|info|warning|error)")
@@ -199,6 +205,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     for name in ("httpx", "httpcore", "aiokafka", "uvicorn", "uvicorn.access", "uvicorn.error"):
         logging.getLogger(name).setLevel(max(numeric, _THIRD_PARTY_FLOOR))
     _handler = handler
+    _current_level = level.lower()
 
 
 def get_logger(name: str | None = None) -> FilteringBoundLogger:
