@@ -626,7 +626,7 @@ def _describe(error: Mapping[str, Any]) -> str:
     kind = error["type"]
     loc = error["loc"]
     value = error.get("input")
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         return "unknown key"
     if kind == "missing":
         return "required"
