@@ -1,0 +1,111 @@
+"""streamd.metrics: exact names from interface.md, private registries, zero series."""
+
+from __future__ import annotations
+
+import anyio
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamd.metrics import Metrics
+from streamd.reasons import Reason
+
+INTERFACE_METRICS = {
+    "streamd_tweets_received": "counter",
+    "streamd_tweets_published": "counter",
+    "streamd_tweets_dlq": "counter",
+    "streamd_duplicates_dropped": "counter",
+    "streamd_keepalives": "counter",
+    "streamd_stream_connected": "gauge",
+    "streamd_stream_disconnects": "counter",
+    "streamd_reconnect_delay_seconds": "histogram",
+    "streamd_publish_latency_seconds": "histogram",
+    "streamd_spool_messages": "gauge",
+    "streamd_spool_bytes": "gauge",
+    "streamd_rules_active": "gauge",
+    "streamd_usage_capped": "gauge",
+    "streamd_x_rate_limit_remaining": "gauge",
+}
+
+
+def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(m.render().decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_every_interface_metric_exists_with_its_type() -> None:
+    m = Metrics()
+    m.x_rate_limit_remaining.labels(endpoint="stream").set(49)
+    families = {f.name: f.type for f in text_string_to_metric_families(m.render().decode())}
+    for name, kind in INTERFACE_METRICS.items():
+        assert families.get(name) == kind, name
+
+
+def test_exposed_sample_names() -> None:
+    text = Metrics().render().decode()
+    for name in (
+        "streamd_tweets_received_total ",
+        "streamd_tweets_published_total ",
+        'streamd_tweets_dlq_total{reason="decode"} ',
+        "streamd_duplicates_dropped_total ",
+        "streamd_keepalives_total ",
+        'streamd_stream_disconnects_total{reason="stall"} ',
+        'streamd_reconnect_delay_seconds_bucket{le="21600.0",reason="usage_cap"} ',
+        'streamd_publish_latency_seconds_bucket{le="0.001"} ',
+        'streamd_publish_failures_total{reason="timeout"} ',
+        'streamd_stream_lines_total{kind="keepalive"} ',
+        "streamd_kafka_available ",
+    ):
+        assert name in text, name
+    assert "_created" not in text
+
+
+def test_labelled_series_are_preinitialised_for_every_reason() -> None:
+    s = samples(Metrics())
+    for reason in Reason:
+        assert s[("streamd_stream_disconnects_total", (("reason", reason.value),))] == 0
+        assert s[("streamd_reconnect_delay_seconds_count", (("reason", reason.value),))] == 0
+    for dlq in ("decode", "validate", "oversize"):
+        assert s[("streamd_tweets_dlq_total", (("reason", dlq),))] == 0
+    # An unseen rate limit is absent, not a misleading 0.
+    assert not any(name == "streamd_x_rate_limit_remaining" for name, _ in s)
+
+
+def test_registries_are_independent() -> None:
+    a, b = Metrics(), Metrics()
+    a.tweets_received.inc(3)
+    a.stream_disconnects.labels(reason=Reason.NETWORK).inc()
+    assert samples(a)[("streamd_tweets_received_total", ())] == 3
+    assert samples(b)[("streamd_tweets_received_total", ())] == 0
+    assert samples(a)[("streamd_stream_disconnects_total", (("reason", "network"),))] == 1
+
+
+def test_histograms_and_rule_tags() -> None:
+    m = Metrics()
+    m.reconnect_delay.labels(reason=Reason.RATE_LIMITED).observe(61)
+    m.publish_latency.observe(0.004)
+    m.preinitialise_rule_tags(["cats", "dogs"])
+    m.tweets_published_by_rule.labels(rule_tag="cats").inc()
+    s = samples(m)
+    key = ("streamd_reconnect_delay_seconds_bucket", (("le", "320.0"), ("reason", "rate_limited")))
+    assert s[key] == 1
+    assert s[("streamd_publish_latency_seconds_bucket", (("le", "0.005"),))] == 1
+    assert s[("streamd_publish_latency_seconds_bucket", (("le", "0.0025"),))] == 0
+    assert s[("streamd_tweets_published_by_rule_total", (("rule_tag", "cats"),))] == 1
+    assert s[("streamd_tweets_published_by_rule_total", (("rule_tag", "dogs"),))] == 0
+
+
+def test_asgi_app_serves_the_registry() -> None:
+    m = Metrics()
+    m.rules_active.set(7)
+
+    async def fetch() -> httpx.Response:
+        transport = httpx.ASGITransport(app=m.asgi_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.get("/")
+
+    response = anyio.run(fetch)
+    assert response.status_code == 200
+    assert "streamd_rules_active 7.0" in response.text
