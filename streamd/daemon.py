@@ -28,7 +28,7 @@ from streamd.metrics import Metrics
 from streamd.publisher import KafkaPublisher
 from streamd.reasons import ExitCode
 from streamd.records import OutRecord
-from streamd.stream import StreamReader, make_client
+from streamd.stream import StreamReader, make_client, queue_batches
 
 
 class Daemon:
@@ -80,6 +80,13 @@ class Daemon:
 
     async def _reload(self) -> None:
         """SIGHUP: re-read the config file, re-sync rules; the stream stays connected."""
+        sdnotify.reloading()
+        try:
+            await self._reload_rules()
+        finally:
+            sdnotify.ready("streaming")
+
+    async def _reload_rules(self) -> None:
         path = self.settings.source_path
         try:
             fresh = load_settings(path, self._environ)
@@ -103,7 +110,7 @@ class Daemon:
         token = settings.x.resolve_bearer_token(self._environ)
         backoff = BackoffSettings(**settings.backoff.model_dump())
         send, receive = anyio.create_memory_object_stream[list[OutRecord]](
-            max_buffer_size=settings.stream.queue_size
+            max_buffer_size=queue_batches(settings.stream.queue_size)
         )
         publisher = self._publisher = KafkaPublisher(
             settings.kafka, self.metrics, self.log,
@@ -178,20 +185,41 @@ class Daemon:
                 if self._reader is not None:
                     self._reader.stop()
 
+    def _pipeline_moving(self) -> bool:
+        """For the systemd watchdog: bytes arrived recently (heartbeats count) or the reader
+        is deliberately waiting out a backoff. A wedged loop or a hung read is neither."""
+        reader = self._reader
+        if reader is None:
+            return False
+        return reader.in_backoff or (
+            time.monotonic() - reader.last_progress < self.settings.stream.stall_timeout * 2
+        )
+
     async def _notify_systemd(self) -> None:
-        """READY=1 once rules are synced and tweets can flow; STATUS= every few seconds."""
-        ready_sent = False
-        while True:
-            reader = self._reader
-            if reader is not None and not ready_sent and (reader.connected or self._rules_synced):
-                sdnotify.ready("streaming")
-                ready_sent = True
-            if reader is not None:
-                sdnotify.status(
-                    f"connected={int(reader.connected)} received={reader.received} "
-                    f"published={self._publisher.stats.published if self._publisher else 0}"
-                )
-            await anyio.sleep(5)
+        """READY=1 once rules are synced and tweets can flow; STATUS= as things change;
+        WATCHDOG=1 only while the pipeline moves."""
+        watchdog = sdnotify.Watchdog()
+        async with anyio.create_task_group() as tg:
+            if watchdog.enabled:
+                tg.start_soon(watchdog.run, self._pipeline_moving)
+            ready_sent = False
+            last_status = ""
+            while True:
+                reader, publisher = self._reader, self._publisher
+                if reader is not None and not ready_sent and (
+                    reader.connected or self._rules_synced
+                ):
+                    sdnotify.ready("streaming")
+                    ready_sent = True
+                if reader is not None and publisher is not None:
+                    text = (
+                        f"{'connected' if reader.connected else 'reconnecting'}; "
+                        f"received {reader.received}, published {publisher.stats.published}"
+                    )
+                    if text != last_status:
+                        sdnotify.status(text)
+                        last_status = text
+                await anyio.sleep(2)
 
 
 def run_daemon(settings: Settings) -> int:

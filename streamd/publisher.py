@@ -295,13 +295,27 @@ class KafkaPublisher:
 
     def _batch_failed(self, records: list[OutRecord], exc: BaseException) -> None:
         self.stats.failed_batches += 1
-        self._metrics.publish_failures.labels(reason=type(exc).__name__).inc()
+        self._metrics.publish_failures.labels(reason=failure_reason(exc)).inc()
         self._retry.extend(records)
         self._set_available(False)
 
     async def _resend_failed(self) -> None:
         retry, self._retry = self._retry, []
         await self._publish(retry)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Map a produce failure onto the fixed label set of publish_failures{reason}."""
+    name = type(exc).__name__
+    if isinstance(exc, TimeoutError) or "Timeout" in name:
+        return "timeout"
+    if "TooLarge" in name:
+        return "too_large"
+    if "Connection" in name or "NotReady" in name or "NoBrokers" in name or isinstance(
+        exc, OSError
+    ):
+        return "unavailable"
+    return "other"
 
 
 class _Batch:

@@ -43,6 +43,15 @@ USER_AGENT = f"streamd/{__version__} (+filtered-stream to Kafka; httpx/{httpx.__
 # An error body on a failed connect is small; never buffer more than this of it.
 _MAX_ERROR_BODY = 64 * 1024
 
+# The reader hands records over in lists of at most this many; the queue holds
+# stream.queue_size // QUEUE_BATCH lists, so it bounds lines, not network reads.
+QUEUE_BATCH = 100
+
+
+def queue_batches(queue_size: int) -> int:
+    return max(4, queue_size // QUEUE_BATCH)
+
+
 _FIELD_PARAMS = {
     "tweet.fields": "tweet_fields",
     "expansions": "expansions",
@@ -113,6 +122,7 @@ class StreamReader:
         self._had_connection = False
         self._healthy_since_connect = False
         self.connected = False
+        self.in_backoff = False  # sleeping out a scheduled reconnect delay
         self.usage_capped = False
         self.received = 0
         self.last_progress = time.monotonic()
@@ -164,10 +174,14 @@ class StreamReader:
             delay_s=round(delay, 3),
         )
         self._metrics.reconnect_delay.labels(reason=str(c.reason)).observe(delay)
-        with anyio.CancelScope() as scope:
-            self._read_scope = scope
-            await anyio.sleep(delay)
-        self._read_scope = None
+        self.in_backoff = True
+        try:
+            with anyio.CancelScope() as scope:
+                self._read_scope = scope
+                await anyio.sleep(delay)
+        finally:
+            self._read_scope = None
+            self.in_backoff = False
 
     def _set_connected(self, connected: bool) -> None:
         self.connected = connected
@@ -247,7 +261,8 @@ class StreamReader:
             if records:
                 # Shielded: a record that was read is queued even while stopping.
                 with anyio.CancelScope(shield=True):
-                    await send.send(records)
+                    for i in range(0, len(records), QUEUE_BATCH):
+                        await send.send(records[i:i + QUEUE_BATCH])
             if read_scope.cancel_called:
                 return last_message
 
