@@ -1,0 +1,548 @@
+"""The ASGI application: the three filtered-stream endpoints, rule counts, and the
+/_simulator/ control endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from streamd.simulator import control, fields, problems
+from streamd.simulator.faults import ConnectFault, Fault
+from streamd.simulator.feed import Feed
+from streamd.simulator.problems import ErrorAnswer
+from streamd.simulator.ratelimit import FixedWindow, WindowState
+from streamd.simulator.records import ConnectRecord
+from streamd.simulator.rules import decode_page_token
+from streamd.simulator.state import SimulatorState
+from streamd.simulator.stream import StreamSession
+from streamd.simulator.timefmt import iso_now
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+STREAM_PATH = "/2/tweets/search/stream"
+RULES_PATH = "/2/tweets/search/stream/rules"
+COUNTS_PATH = "/2/tweets/search/stream/rules/counts"
+CONTROL_PREFIX = "/_simulator/"
+TRANSPORT_KEY = "streamd.transport"
+JSON = "application/json; charset=utf-8"
+
+
+async def respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str = JSON,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    headers.extend(extra_headers or [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def respond_error(send: Send, answer: ErrorAnswer, window: WindowState) -> None:
+    await respond(send, answer.status, answer.body, answer.content_type, window.headers())
+
+
+async def read_body(receive: Receive, limit: int = 5 * 1024 * 1024) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionError("client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ValueError("request body too large")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+class SimulatorApp:
+    def __init__(self, state: SimulatorState, feed: Feed) -> None:
+        self.state = state
+        self.feed = feed
+        self.host = state.config.problem_host
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        try:
+            if path == STREAM_PATH and method == "GET":
+                await self.stream(scope, receive, send)
+            elif path == RULES_PATH and method == "GET":
+                await self.rules_get(scope, send)
+            elif path == RULES_PATH and method == "POST":
+                await self.rules_post(scope, receive, send)
+            elif path == COUNTS_PATH and method == "GET":
+                await self.rule_counts(scope, send)
+            elif path.startswith(CONTROL_PREFIX):
+                await self.control(path[len(CONTROL_PREFIX) :], method, scope, receive, send)
+            else:
+                await respond(send, 404, problems.not_found().body, problems.PROBLEM_JSON)
+        except ConnectionError:
+            return
+
+    # --- shared checks ------------------------------------------------------------------
+
+    def _auth(self, scope: Scope) -> ErrorAnswer | None:
+        header = _header(scope, b"authorization") or ""
+        scheme, _, credential = header.partition(" ")
+        if scheme == "OAuth":
+            return problems.unsupported_authentication(self.host, "OAuth 1.0a User Context")
+        if scheme.lower() != "bearer":
+            return problems.unauthorized()
+        credential = credential.strip()
+        if credential in self.state.config.user_context_tokens:
+            return problems.unsupported_authentication(self.host)
+        if credential not in self.state.config.tokens:
+            return problems.unauthorized()
+        return None
+
+    def _tier(self) -> ErrorAnswer | None:
+        if not self.state.settings.limits.stream_access:
+            return problems.client_forbidden(self.host)
+        return None
+
+    def _gate(self, scope: Scope, window: FixedWindow) -> tuple[ErrorAnswer | None, WindowState]:
+        """Auth, tier and request window, in that order (rules endpoints)."""
+        with self.state.lock:
+            denied = self._auth(scope)
+            if denied is not None:
+                return denied, window.peek()
+            state = window.hit()
+            denied = self._tier()
+            if denied is None and not state.allowed:
+                denied = problems.rate_limited()
+            return denied, state
+
+    # --- stream -------------------------------------------------------------------------
+
+    def _record(self, status: int, answer: ErrorAnswer | None, query: dict[str, str]) -> None:
+        self.state.record_connect(
+            ConnectRecord(
+                at=time.time(),
+                status=status,
+                problem_type=answer.problem_type if answer else None,
+                detail=answer.detail if answer else None,
+                query=query,
+            )
+        )
+
+    def _parse_stream_query(
+        self, pairs: list[tuple[str, str]]
+    ) -> tuple[dict[str, frozenset[str]], int, tuple[float, float] | None, list[dict[str, Any]]]:
+        errors: list[dict[str, Any]] = []
+        selections: dict[str, frozenset[str]] = {}
+        backfill = 0
+        start_time: float | None = None
+        end_time: float | None = None
+        for name, value in pairs:
+            if name in fields.LIST_PARAMETERS:
+                chosen, problems_found = fields.validate_list(name, value)
+                selections[name] = chosen
+                errors.extend(problems_found)
+            elif name == "backfill_minutes":
+                try:
+                    backfill = int(value)
+                except ValueError:
+                    backfill = -1
+                if not 0 <= backfill <= 5:
+                    errors.append(
+                        problems.param_error(
+                            name, value,
+                            f"The `backfill_minutes` query parameter value [{value}] is not"
+                            " between 0 and 5",
+                        )
+                    )
+            elif name in ("start_time", "end_time"):
+                parsed = _parse_time(value)
+                if parsed is None:
+                    errors.append(
+                        problems.param_error(
+                            name, value,
+                            f"Invalid '{name}':'{value}'. '{name}' must be a valid RFC 3339"
+                            " timestamp like YYYY-MM-DDTHH:mm:ssZ.",
+                        )
+                    )
+                elif name == "start_time":
+                    start_time = parsed
+                else:
+                    end_time = parsed
+            else:
+                errors.append(
+                    fields.unknown_parameter_error(name, value, fields.STREAM_PARAMETERS)
+                )
+        recovery = None
+        if start_time is not None:
+            recovery = (start_time, end_time if end_time is not None else time.time())
+        return selections, backfill, recovery, errors
+
+    async def stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.state
+        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        query = dict(pairs)
+        with state.lock:
+            denied = self._auth(scope)
+            if denied is not None:
+                window = state.stream_window.peek()
+                self._record(denied.status, denied, query)
+            else:
+                window = state.stream_window.hit()
+                denied = self._connect_check(pairs, window)
+                if denied is not None:
+                    self._record(denied.status, denied, query)
+        if denied is not None:
+            if isinstance(denied, _FaultAnswer):
+                window = denied.window
+            await respond_error(send, denied, window)
+            return
+        selections, backfill, recovery, _ = self._parse_stream_query(pairs)
+        transport = scope.get("extensions", {}).get(TRANSPORT_KEY)
+        accepts_gzip = "gzip" in (_header(scope, b"accept-encoding") or "").lower()
+        use_gzip = state.config.gzip and accepts_gzip
+        session = StreamSession(
+            state, self.feed, fields.selection_from(selections), send, transport, use_gzip,
+            backfill_minutes=backfill, recovery=recovery,
+        )
+        with state.lock:
+            # Re-check the slot under the lock: another connect may have won meanwhile.
+            slot_denied = self._take_slot(session)
+            self._record(slot_denied.status if slot_denied else 200, slot_denied, query)
+        if slot_denied is not None:
+            await respond_error(send, slot_denied, window)
+            return
+        headers = [(b"content-type", JSON.encode())]
+        if use_gzip:
+            headers.append((b"content-encoding", b"gzip"))
+        headers.extend(window.headers())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+        except Exception:
+            with state.lock:
+                if session in state.sessions:
+                    state.sessions.remove(session)
+            raise
+        await session.run(receive)
+
+    def _connect_check(self, pairs: list[tuple[str, str]], window: WindowState) -> ErrorAnswer | None:
+        """Checks after auth, in X's order. Caller holds the lock."""
+        state = self.state
+        fault = state.next_connect_fault()
+        if fault is not None:
+            return _FaultAnswer.of(fault, self.host, state.settings.product_name, window)
+        denied = self._tier()
+        if denied is not None:
+            return denied
+        _, _, _, errors = self._parse_stream_query(pairs)
+        if errors:
+            return problems.invalid_request(self.host, errors)
+        if not window.allowed:
+            return problems.rate_limited()
+        if state.usage_exhausted():
+            return problems.usage_capped(self.host, state.settings.product_name)
+        if len(state.rules) == 0:
+            return problems.no_rules(self.host)
+        return None
+
+    def _take_slot(self, session: StreamSession) -> ErrorAnswer | None:
+        state = self.state
+        limit = state.settings.limits.connections
+        holders = [s for s in state.sessions if not s.finished and not s.kicked]
+        if len(holders) >= limit:
+            if state.settings.connection_policy == "reject_new":
+                return problems.too_many_connections(self.host)
+            for old in holders[: len(holders) - limit + 1]:
+                old.kicked = True
+                old.wake.set()
+        state.sessions.append(session)
+        return None
+
+    # --- rules --------------------------------------------------------------------------
+
+    async def rules_get(self, scope: Scope, send: Send) -> None:
+        state = self.state
+        denied, window = self._gate(scope, state.rules_get_window)
+        if denied is not None:
+            await respond_error(send, denied, window)
+            return
+        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        errors: list[dict[str, Any]] = []
+        ids: list[str] | None = None
+        max_results = 1000
+        offset = 0
+        for name, value in pairs:
+            if name == "ids":
+                ids = value.split(",")
+                for rule_id in ids:
+                    if not (rule_id.isdigit() and 1 <= len(rule_id) <= 19):
+                        errors.append(problems.param_error(
+                            name, rule_id,
+                            f"The `ids` query parameter value [{rule_id}] does not match"
+                            " ^[0-9]{1,19}$",
+                        ))
+            elif name == "max_results":
+                if not value.isdigit() or not 1 <= int(value) <= 1000:
+                    errors.append(problems.param_error(
+                        name, value,
+                        f"The `max_results` query parameter value [{value}] is not between"
+                        " 1 and 1000",
+                    ))
+                else:
+                    max_results = int(value)
+            elif name == "pagination_token":
+                decoded = decode_page_token(value)
+                if decoded is None:
+                    errors.append(problems.param_error(
+                        name, value,
+                        f"The `pagination_token` query parameter value [{value}] is not valid",
+                    ))
+                else:
+                    offset = decoded
+            else:
+                errors.append(fields.unknown_parameter_error(
+                    name, value, ("ids", "max_results", "pagination_token")
+                ))
+        if errors:
+            await respond_error(send, problems.invalid_request(self.host, errors), window)
+            return
+        with state.lock:
+            body = state.rules.lookup(ids=ids, max_results=max_results, offset=offset)
+        await respond(send, 200, orjson.dumps(body), JSON, window.headers())
+
+    async def rules_post(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.state
+        denied, window = self._gate(scope, state.rules_post_window)
+        raw = await read_body(receive)
+        if denied is not None:
+            await respond_error(send, denied, window)
+            return
+        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        flags = {"dry_run": False, "delete_all": False}
+        errors: list[dict[str, Any]] = []
+        for name, value in pairs:
+            if name in flags and value.lower() in ("true", "false"):
+                flags[name] = value.lower() == "true"
+            elif name in flags:
+                errors.append(problems.param_error(
+                    name, value, f"The `{name}` query parameter value [{value}] is not one of"
+                    " [true,false]"))
+            else:
+                errors.append(fields.unknown_parameter_error(
+                    name, value, ("delete_all", "dry_run")))
+        request, body_errors = _parse_rules_body(raw, flags["delete_all"])
+        errors.extend(body_errors)
+        if errors or request is None:
+            await respond_error(send, problems.invalid_request(self.host, errors), window)
+            return
+        limits = state.settings.limits
+        with state.lock:
+            if flags["delete_all"]:
+                answer = state.rules.delete_all(dry_run=flags["dry_run"])
+            elif "add" in request:
+                answer = state.rules.add(
+                    request["add"], host=self.host, max_rules=limits.max_rules,
+                    max_length=limits.rule_length, dry_run=flags["dry_run"],
+                )
+            else:
+                answer = state.rules.delete(
+                    host=self.host, ids=request["delete"].get("ids", []),
+                    values=request["delete"].get("values", []), dry_run=flags["dry_run"],
+                )
+        state.wake_all()
+        await respond(send, answer.status, orjson.dumps(answer.body), JSON, window.headers())
+
+    async def rule_counts(self, scope: Scope, send: Send) -> None:
+        state = self.state
+        denied, window = self._gate(scope, state.rules_get_window)
+        if denied is not None:
+            await respond_error(send, denied, window)
+            return
+        with state.lock:
+            count = len(state.rules)
+        cap = state.settings.limits.max_rules
+        body = {
+            "data": {
+                "cap_per_client_app": cap,
+                "cap_per_project": cap,
+                "client_app_rules_count": {"client_app_id": "27347717", "rule_count": count},
+                "project_rules_count": count,
+            },
+            "meta": {"sent": iso_now()},
+        }
+        await respond(send, 200, orjson.dumps(body), JSON, window.headers())
+
+    # --- control ------------------------------------------------------------------------
+
+    async def control(
+        self, name: str, method: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        state = self.state
+        try:
+            payload: Any = {}
+            if method == "POST":
+                raw = await read_body(receive)
+                payload = orjson.loads(raw) if raw.strip() else {}
+                if not isinstance(payload, dict):
+                    raise ValueError("body must be a JSON object")
+            result = self._control(name, method, scope, payload)
+        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+            await respond(send, 400, orjson.dumps({"error": str(exc)}))
+            return
+        if result is None:
+            await respond(send, 404, orjson.dumps({"error": f"no control endpoint {name!r}"}))
+            return
+        del state
+        await respond(send, 200, orjson.dumps(result))
+
+    def _control(self, name: str, method: str, scope: Scope, payload: dict[str, Any]) -> Any:
+        state = self.state
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        if name == "sent" and method == "GET":
+            since = int(query.get("since", "0"))
+            with state.lock:
+                tweets = [
+                    {"id": i, "line": line.decode("utf-8", "replace")}
+                    for i, line in zip(state.sent.ids[since:], state.sent.lines[since:],
+                                       strict=True)
+                ]
+                lines = [
+                    {"kind": s.kind, "line": s.line.decode("utf-8", "replace")}
+                    for s in state.other_lines
+                ]
+                return {"count": len(state.sent.ids), "tweets": tweets, "lines": lines}
+        if name == "connects" and method == "GET":
+            with state.lock:
+                return [
+                    {"at": r.at, "status": r.status, "problem_type": r.problem_type,
+                     "detail": r.detail, "query": r.query}
+                    for r in state.connect_log
+                ]
+        if name == "state" and method == "GET":
+            with state.lock:
+                active = len([s for s in state.sessions if not s.finished])
+                sent = len(state.sent.ids)
+            return {"active_connections": active, "sent_tweets": sent,
+                    "settings": control.settings_json(state)}
+        if name == "faults" and method == "POST":
+            state.inject(Fault.from_dict(payload))
+            return {"ok": True}
+        if name == "connect-faults" and method == "POST":
+            count = int(payload.pop("count", 1))
+            state.inject_connect(ConnectFault.from_dict(payload), count)
+            return {"ok": True}
+        if name == "config" and method == "POST":
+            control.configure(state, payload)
+            return control.settings_json(state)
+        if name == "rules" and method == "GET":
+            return [{"id": r.id, "value": r.value, "tag": r.tag} for r in control.rules(state)]
+        if name == "rules" and method == "POST":
+            items = [(str(item["value"]), item.get("tag")) for item in payload.get("add", [])]
+            ids = control.add_rules(state, items)
+            if payload.get("delete"):
+                control.delete_rules(state, [str(i) for i in payload["delete"]])
+            return {"ids": ids}
+        return None
+
+
+class _FaultAnswer(ErrorAnswer):
+    """An injected connect fault's answer, carrying its own rate-limit headers."""
+
+    window: WindowState
+
+    @classmethod
+    def of(cls, fault: ConnectFault, host: str, product: str, window: WindowState) -> _FaultAnswer:
+        base = fault.answer(host, product)
+        answer = cls(base.status, base.body, base.content_type, base.problem_type, base.detail)
+        reset = fault.reset_at()
+        if reset is not None:
+            window = WindowState(False, window.limit, 0, reset)
+        object.__setattr__(answer, "window", window)
+        return answer
+
+
+def _parse_time(value: str) -> float | None:
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
+def _parse_rules_body(
+    raw: bytes, delete_all: bool
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Validates the POST rules body; returns (request, errors)."""
+
+    def bad(message: str) -> tuple[None, list[dict[str, Any]]]:
+        return None, [{"parameters": {}, "message": message}]
+
+    if delete_all:
+        return {}, []
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return bad("Request body is not valid JSON.")
+    if not isinstance(body, dict):
+        return bad("Request body must be a JSON object.")
+    extra = sorted(set(body) - {"add", "delete"})
+    if extra:
+        return bad(f"Unrecognized fields in request body: {extra}")
+    if ("add" in body) == ("delete" in body):
+        return bad("Exactly one of `add` or `delete` must be specified.")
+    if "add" in body:
+        items = body["add"]
+        if not isinstance(items, list) or not items:
+            return bad("`add` must be a non-empty array of rules.")
+        parsed: list[tuple[str, str | None]] = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("value"), str):
+                return bad("Each rule in `add` must be an object with a string `value`.")
+            if set(item) - {"value", "tag"}:
+                return bad(f"Unrecognized fields in rule: {sorted(set(item) - {'value', 'tag'})}")
+            tag = item.get("tag")
+            if tag is not None and not isinstance(tag, str):
+                return bad("A rule `tag` must be a string.")
+            parsed.append((item["value"], tag))
+        return {"add": parsed}, []
+    delete = body["delete"]
+    if not isinstance(delete, dict) or not (set(delete) <= {"ids", "values"}) or not delete:
+        return bad("`delete` must be an object with `ids` and/or `values`.")
+    ids = delete.get("ids", [])
+    values = delete.get("values", [])
+    if not isinstance(ids, list) or not isinstance(values, list):
+        return bad("`delete.ids` and `delete.values` must be arrays.")
+    errors = [
+        {"parameters": {"ids": [str(i)]}, "message": f"'{i}' is not a valid Long"}
+        for i in ids
+        if not (isinstance(i, str) and i.isdigit() and len(i) <= 19)
+    ]
+    if errors:
+        return None, errors
+    if not all(isinstance(v, str) for v in values):
+        return bad("`delete.values` must be strings.")
+    return {"delete": {"ids": ids, "values": values}}, []
+
+
+_ = asyncio  # asyncio is the server's loop; imported for type context in subclasses

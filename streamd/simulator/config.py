@@ -1,0 +1,77 @@
+"""SimulatorConfig: every knob of the fake X filtered-stream server, and the tier table."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Tier = Literal["free", "basic", "pro", "enterprise"]
+ConnectionPolicy = Literal["reject_new", "kick_old"]
+
+
+@dataclass(frozen=True)
+class TierLimits:
+    """What an access tier allows on the filtered stream (x-filtered-stream.md §1.5, §4.5)."""
+
+    stream_access: bool
+    connections: int
+    max_rules: int
+    rule_length: int
+
+
+TIERS: dict[str, TierLimits] = {
+    # Free and Basic never had the filtered stream: connects and rule calls get 403.
+    "free": TierLimits(stream_access=False, connections=0, max_rules=0, rule_length=0),
+    "basic": TierLimits(stream_access=False, connections=0, max_rules=0, rule_length=0),
+    "pro": TierLimits(stream_access=True, connections=1, max_rules=1000, rule_length=1024),
+    "enterprise": TierLimits(stream_access=True, connections=2, max_rules=25000, rule_length=2048),
+}
+
+
+@dataclass
+class SimulatorConfig:
+    """Start-up settings. Fields that can change live go through Simulator.set_* methods."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    tokens: tuple[str, ...] = ("test-token",)
+    user_context_tokens: tuple[str, ...] = ("user-token",)
+    tier: Tier = "pro"
+    tweets_per_second: float = 50.0
+    total_tweets: int | None = None
+    heartbeat_interval: float = 20.0
+    connection_policy: ConnectionPolicy = "reject_new"
+    connect_window_limit: int = 50
+    connect_window_seconds: float = 900.0
+    usage_cap: int | None = None
+    rule_propagation_delay: float = 0.0
+    problem_host: str = "api.twitter.com"
+    gzip: bool = False
+    replay_file: str | Path | None = None
+    scenario_file: str | Path | None = None
+    seed: int = 0
+    match_all: bool = False
+    # Not in the original contract; safe defaults. A stream whose socket has refused data
+    # for this long is dropped, as X drops slow readers.
+    slow_reader_seconds: float = 5.0
+    # Rules endpoints' request windows (x-filtered-stream.md §4.4).
+    rules_get_limit: int = 450
+    rules_post_limit: int = 100
+    rules_window_seconds: float = 900.0
+
+    def __post_init__(self) -> None:
+        if self.tier not in TIERS:
+            raise ValueError(f"unknown tier {self.tier!r}; expected one of {sorted(TIERS)}")
+        if self.connection_policy not in ("reject_new", "kick_old"):
+            raise ValueError(f"unknown connection_policy {self.connection_policy!r}")
+        if self.tweets_per_second < 0:
+            raise ValueError("tweets_per_second must be >= 0")
+        if self.heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be > 0")
+        self.tokens = tuple(self.tokens)
+        self.user_context_tokens = tuple(self.user_context_tokens)
+
+    def replace(self, **changes: object) -> SimulatorConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,109 @@
+"""Operations behind both the Python API (Simulator.*) and the /_simulator/ HTTP endpoints."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from streamd.simulator.config import TIERS
+from streamd.simulator.records import Rule
+from streamd.simulator.state import SimulatorState
+
+SETTABLE = (
+    "tier", "tweets_per_second", "total_tweets", "heartbeat_interval", "connection_policy",
+    "usage_cap", "match_all", "rule_propagation_delay",
+)
+
+
+def add_rules(state: SimulatorState, items: Iterable[tuple[str, str | None]]) -> list[str]:
+    """Server-side add that bypasses HTTP, tier limits and rate limits; returns the ids of the
+    new rules in order (an existing identical value returns the existing id)."""
+    ids: list[str] = []
+    with state.lock:
+        for value, tag in items:
+            answer = state.rules.add(
+                [(value, tag)], host=state.config.problem_host, max_rules=10**9,
+                max_length=10**9,
+            )
+            created = answer.body.get("data")
+            if created:
+                ids.append(created[0]["id"])
+                continue
+            error = answer.body["errors"][0]
+            if error.get("title") == "DuplicateRule":
+                ids.append(error["id"])
+                continue
+            raise ValueError(f"invalid rule {value!r}: {error.get('details')}")
+    state.wake_all()
+    return ids
+
+
+def delete_rules(state: SimulatorState, ids: Iterable[str]) -> None:
+    with state.lock:
+        state.rules.delete(host=state.config.problem_host, ids=list(ids))
+    state.wake_all()
+
+
+def rules(state: SimulatorState) -> list[Rule]:
+    with state.lock:
+        return state.rules.all()
+
+
+def parse_rate(value: Any) -> float:
+    if value is None or (isinstance(value, str) and value.lower() in ("inf", "infinity")):
+        return math.inf
+    rate = float(value)
+    if rate < 0:
+        raise ValueError("tweets_per_second must be >= 0")
+    return rate
+
+
+def configure(state: SimulatorState, changes: dict[str, Any]) -> None:
+    unknown = sorted(set(changes) - set(SETTABLE))
+    if unknown:
+        raise ValueError(f"cannot change {unknown}; settable: {list(SETTABLE)}")
+    with state.lock:
+        settings = state.settings
+        if "tier" in changes:
+            if changes["tier"] not in TIERS:
+                raise ValueError(f"unknown tier {changes['tier']!r}")
+            settings.tier = str(changes["tier"])
+        if "tweets_per_second" in changes:
+            settings.tweets_per_second = parse_rate(changes["tweets_per_second"])
+        if "total_tweets" in changes:
+            total = changes["total_tweets"]
+            settings.total_tweets = None if total is None else int(total)
+        if "heartbeat_interval" in changes:
+            interval = float(changes["heartbeat_interval"])
+            if interval <= 0:
+                raise ValueError("heartbeat_interval must be > 0")
+            settings.heartbeat_interval = interval
+        if "connection_policy" in changes:
+            if changes["connection_policy"] not in ("reject_new", "kick_old"):
+                raise ValueError(f"unknown connection_policy {changes['connection_policy']!r}")
+            settings.connection_policy = str(changes["connection_policy"])
+        if "usage_cap" in changes:
+            cap = changes["usage_cap"]
+            settings.usage_cap = None if cap is None else int(cap)
+        if "match_all" in changes:
+            settings.match_all = bool(changes["match_all"])
+        if "rule_propagation_delay" in changes:
+            state.rules.propagation_delay = float(changes["rule_propagation_delay"])
+    state.wake_all()
+
+
+def settings_json(state: SimulatorState) -> dict[str, Any]:
+    with state.lock:
+        s = state.settings
+        rate = s.tweets_per_second
+        return {
+            "tier": s.tier,
+            "tweets_per_second": None if math.isinf(rate) else rate,
+            "total_tweets": s.total_tweets,
+            "heartbeat_interval": s.heartbeat_interval,
+            "connection_policy": s.connection_policy,
+            "usage_cap": s.usage_cap,
+            "match_all": s.match_all,
+            "rule_propagation_delay": state.rules.propagation_delay,
+        }

@@ -1,0 +1,241 @@
+"""Scriptable faults: Fault acts on open streams, ConnectFault answers connect attempts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamd.simulator import problems
+
+STREAM_FAULT_KINDS = (
+    "operational_disconnect",
+    "close",
+    "reset_mid_line",
+    "stall",
+    "split_line",
+    "malformed",
+    "truncated",
+    "duplicate",
+    "out_of_order",
+    "unknown_message",
+    "unknown_fields",
+    "partial_errors",
+    "slow_reader_drop",
+)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One in-stream fault. `count` repeats line faults; `seconds` is for stalls."""
+
+    kind: str
+    disconnect_type: str = "OperationalDisconnect"
+    seconds: float = 0.0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in STREAM_FAULT_KINDS:
+            raise ValueError(f"unknown fault {self.kind!r}; expected one of {STREAM_FAULT_KINDS}")
+        if self.kind == "operational_disconnect" and (
+            self.disconnect_type not in problems.DISCONNECT_TYPES
+        ):
+            raise ValueError(f"unknown disconnect_type {self.disconnect_type!r}")
+        if self.count < 1:
+            raise ValueError("count must be >= 1")
+
+    @classmethod
+    def operational_disconnect(cls, disconnect_type: str = "OperationalDisconnect") -> Fault:
+        return cls("operational_disconnect", disconnect_type=disconnect_type)
+
+    @classmethod
+    def close(cls) -> Fault:
+        return cls("close")
+
+    @classmethod
+    def reset_mid_line(cls) -> Fault:
+        return cls("reset_mid_line")
+
+    @classmethod
+    def stall(cls, seconds: float) -> Fault:
+        return cls("stall", seconds=seconds)
+
+    @classmethod
+    def split_line(cls) -> Fault:
+        return cls("split_line")
+
+    @classmethod
+    def malformed(cls, count: int = 1) -> Fault:
+        return cls("malformed", count=count)
+
+    @classmethod
+    def truncated(cls, count: int = 1) -> Fault:
+        return cls("truncated", count=count)
+
+    @classmethod
+    def duplicate(cls, count: int = 1) -> Fault:
+        return cls("duplicate", count=count)
+
+    @classmethod
+    def out_of_order(cls) -> Fault:
+        """The next two tweets are sent in swapped order (ids not increasing)."""
+        return cls("out_of_order")
+
+    @classmethod
+    def unknown_message(cls) -> Fault:
+        return cls("unknown_message")
+
+    @classmethod
+    def unknown_fields(cls) -> Fault:
+        return cls("unknown_fields")
+
+    @classmethod
+    def partial_errors(cls) -> Fault:
+        return cls("partial_errors")
+
+    @classmethod
+    def slow_reader_drop(cls) -> Fault:
+        return cls("slow_reader_drop")
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> Fault:
+        """From the control API / scenario form: {"fault": kind, ...parameters}."""
+        kind = str(spec.get("fault", spec.get("kind", "")))
+        return cls(
+            kind,
+            disconnect_type=str(spec.get("disconnect_type", "OperationalDisconnect")),
+            seconds=float(spec.get("seconds", 0.0)),
+            count=int(spec.get("count", 1)),
+        )
+
+
+_V1_OVER_CAPACITY = (130, "Twitter is over capacity.")
+
+
+@dataclass(frozen=True)
+class ConnectFault:
+    """An answer given to a connect attempt instead of the 200 stream.
+
+    `problem` names a builder in problems.py; `v1` holds (code, message) for legacy bodies;
+    `reset_in` sets x-rate-limit-remaining to 0 and the reset `reset_in` seconds ahead.
+    """
+
+    http_status: int
+    problem: str = "generic"
+    v1: tuple[int, str] | None = None
+    reset_in: float | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def status(cls, status: int, body: str | None = None) -> ConnectFault:
+        """`body`: None/"about:blank" for a generic problem, "v1_over_capacity" for the
+        v1.1 code-130 body, or a problem name (see `answer`)."""
+        if body == "v1_over_capacity":
+            return cls(status, problem="v1", v1=_V1_OVER_CAPACITY)
+        if body in (None, "about:blank", "generic"):
+            return cls(status)
+        return cls(status, problem=body)
+
+    @classmethod
+    def server_error(cls, status: int = 503) -> ConnectFault:
+        return cls(status)
+
+    @classmethod
+    def over_capacity(cls) -> ConnectFault:
+        return cls(503, problem="v1", v1=_V1_OVER_CAPACITY)
+
+    @classmethod
+    def rate_limited(cls, reset_in: float = 60.0) -> ConnectFault:
+        return cls(429, problem="rate_limited", reset_in=reset_in)
+
+    @classmethod
+    def enhance_your_calm(cls) -> ConnectFault:
+        return cls(420, problem="v1", v1=(420, "Enhance Your Calm"))
+
+    @classmethod
+    def usage_capped(cls) -> ConnectFault:
+        return cls(429, problem="usage_capped")
+
+    @classmethod
+    def too_many_connections(cls) -> ConnectFault:
+        return cls(429, problem="too_many_connections")
+
+    @classmethod
+    def no_rules(cls) -> ConnectFault:
+        return cls(409, problem="no_rules")
+
+    @classmethod
+    def unauthorized(cls) -> ConnectFault:
+        return cls(401, problem="unauthorized")
+
+    @classmethod
+    def client_forbidden(cls) -> ConnectFault:
+        return cls(403, problem="client_forbidden")
+
+    @classmethod
+    def unsupported_authentication(cls) -> ConnectFault:
+        return cls(403, problem="unsupported_authentication")
+
+    @classmethod
+    def invalid_request(cls, message: str = "Invalid request.") -> ConnectFault:
+        return cls(400, problem="invalid_request", extra={"message": message})
+
+    @classmethod
+    def v1_error(cls, status: int, code: int, message: str) -> ConnectFault:
+        return cls(status, problem="v1", v1=(code, message))
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> ConnectFault:
+        """Control API / scenario form, e.g. {"kind": "rate_limited", "reset_in": 2},
+        {"kind": "status", "status": 503, "body": "v1_over_capacity"},
+        {"kind": "v1", "status": 403, "code": 453, "message": "..."}."""
+        kind = str(spec.get("kind", "status"))
+        if kind == "status":
+            body = spec.get("body")
+            return cls.status(int(spec["status"]), None if body is None else str(body))
+        if kind == "v1":
+            return cls.v1_error(int(spec["status"]), int(spec["code"]), str(spec["message"]))
+        if kind == "rate_limited":
+            return cls.rate_limited(float(spec.get("reset_in", 60.0)))
+        if kind == "server_error":
+            return cls.server_error(int(spec.get("status", 503)))
+        if kind == "invalid_request":
+            return cls.invalid_request(str(spec.get("message", "Invalid request.")))
+        named = {
+            "over_capacity": cls.over_capacity,
+            "enhance_your_calm": cls.enhance_your_calm,
+            "usage_capped": cls.usage_capped,
+            "too_many_connections": cls.too_many_connections,
+            "no_rules": cls.no_rules,
+            "unauthorized": cls.unauthorized,
+            "client_forbidden": cls.client_forbidden,
+            "unsupported_authentication": cls.unsupported_authentication,
+        }
+        if kind not in named:
+            raise ValueError(f"unknown connect fault kind {kind!r}")
+        return named[kind]()
+
+    def answer(self, host: str, product_name: str) -> problems.ErrorAnswer:
+        if self.problem == "v1" and self.v1 is not None:
+            return problems.v1_error(self.http_status, self.v1[0], self.v1[1])
+        if self.problem == "rate_limited":
+            return problems.rate_limited()
+        if self.problem == "usage_capped":
+            return problems.usage_capped(host, product_name)
+        if self.problem == "too_many_connections":
+            return problems.too_many_connections(host)
+        if self.problem == "no_rules":
+            return problems.no_rules(host)
+        if self.problem == "unauthorized":
+            return problems.unauthorized()
+        if self.problem == "client_forbidden":
+            return problems.client_forbidden(host)
+        if self.problem == "unsupported_authentication":
+            return problems.unsupported_authentication(host)
+        if self.problem == "invalid_request":
+            message = self.extra.get("message", "Invalid request.")
+            return problems.invalid_request(host, [{"parameters": {}, "message": message}])
+        return problems.generic(self.http_status)
+
+    def reset_at(self) -> int | None:
+        return None if self.reset_in is None else int(time.time() + self.reset_in)

@@ -1,0 +1,166 @@
+"""Everything the server thread and the controlling thread share, behind one lock."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from streamd.simulator.config import TIERS, SimulatorConfig, TierLimits
+from streamd.simulator.faults import ConnectFault, Fault
+from streamd.simulator.ratelimit import FixedWindow
+from streamd.simulator.records import ConnectRecord, SentLine, SentTweet
+from streamd.simulator.rules import RuleStore
+
+if TYPE_CHECKING:
+    from streamd.simulator.stream import StreamSession
+
+
+@dataclass
+class LiveSettings:
+    """Settings that can change while the server runs (set_tier, set_rate, ...)."""
+
+    tier: str
+    tweets_per_second: float
+    total_tweets: int | None
+    heartbeat_interval: float
+    connection_policy: str
+    usage_cap: int | None
+    match_all: bool
+
+    @property
+    def limits(self) -> TierLimits:
+        return TIERS[self.tier]
+
+    @property
+    def product_name(self) -> str:
+        return f"standard-{self.tier}"
+
+
+@dataclass
+class SentLog:
+    """Tweet lines in send order plus batch timestamps (for backfill by time)."""
+
+    ids: list[str] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)
+    batch_times: list[float] = field(default_factory=list)  # time.time() of each batch
+    batch_starts: list[int] = field(default_factory=list)  # index of its first tweet
+
+    def add(self, ids: list[str], lines: list[bytes], at: float) -> None:
+        self.batch_times.append(at)
+        self.batch_starts.append(len(self.ids))
+        self.ids.extend(ids)
+        self.lines.extend(lines)
+
+    def between(self, start: float, end: float) -> tuple[list[str], list[bytes]]:
+        first_batch = bisect.bisect_left(self.batch_times, start)
+        last_batch = bisect.bisect_right(self.batch_times, end)
+        if first_batch >= len(self.batch_starts) or first_batch >= last_batch:
+            return [], []
+        lo = self.batch_starts[first_batch]
+        hi = self.batch_starts[last_batch] if last_batch < len(self.batch_starts) else len(self.ids)
+        return self.ids[lo:hi], self.lines[lo:hi]
+
+
+class SimulatorState:
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.lock = threading.RLock()
+        self.sent_changed = threading.Condition(self.lock)
+        self.settings = LiveSettings(
+            tier=config.tier,
+            tweets_per_second=config.tweets_per_second,
+            total_tweets=config.total_tweets,
+            heartbeat_interval=config.heartbeat_interval,
+            connection_policy=config.connection_policy,
+            usage_cap=config.usage_cap,
+            match_all=config.match_all,
+        )
+        self.rules = RuleStore()
+        self.rules.propagation_delay = config.rule_propagation_delay
+        self.stream_window = FixedWindow(config.connect_window_limit, config.connect_window_seconds)
+        self.rules_get_window = FixedWindow(config.rules_get_limit, config.rules_window_seconds)
+        self.rules_post_window = FixedWindow(config.rules_post_limit, config.rules_window_seconds)
+        self.sent = SentLog()
+        self.other_lines: list[SentLine] = []
+        self.connect_log: list[ConnectRecord] = []
+        self.connect_faults: collections.deque[ConnectFault] = collections.deque()
+        # Faults injected while no stream is open wait for the next stream.
+        self.pending_faults: list[Fault] = []
+        self.sessions: list[StreamSession] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.started_at = time.monotonic()
+        self.stopping = False
+
+    # --- records ------------------------------------------------------------------------
+
+    def record_tweets(self, ids: list[str], lines: list[bytes]) -> None:
+        with self.lock:
+            self.sent.add(ids, lines, time.time())
+            self.sent_changed.notify_all()
+
+    def record_line(self, kind: str, line: bytes) -> None:
+        with self.lock:
+            self.other_lines.append(SentLine(kind, line))
+
+    def record_connect(self, record: ConnectRecord) -> None:
+        with self.lock:
+            self.connect_log.append(record)
+
+    def sent_count(self) -> int:
+        return len(self.sent.ids)
+
+    def sent_tweets(self) -> list[SentTweet]:
+        with self.lock:
+            return [SentTweet(i, line) for i, line in zip(self.sent.ids, self.sent.lines,
+                                                          strict=True)]
+
+    def usage_exhausted(self) -> bool:
+        cap = self.settings.usage_cap
+        return cap is not None and len(self.sent.ids) >= cap
+
+    # --- faults and wake-ups ------------------------------------------------------------
+
+    def inject(self, fault: Fault) -> None:
+        with self.lock:
+            sessions = [s for s in self.sessions if not s.finished]
+            if not sessions:
+                self.pending_faults.append(fault)
+                return
+            for session in sessions:
+                session.faults.append(fault)
+        self.wake_all()
+
+    def take_pending_faults(self) -> list[Fault]:
+        with self.lock:
+            faults, self.pending_faults = self.pending_faults, []
+            return faults
+
+    def inject_connect(self, fault: ConnectFault, count: int) -> None:
+        with self.lock:
+            self.connect_faults.extend([fault] * count)
+
+    def next_connect_fault(self) -> ConnectFault | None:
+        with self.lock:
+            return self.connect_faults.popleft() if self.connect_faults else None
+
+    def wake_all(self) -> None:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        with self.lock:
+            sessions = list(self.sessions)
+        for session in sessions:
+            try:
+                loop.call_soon_threadsafe(session.wake.set)
+            except RuntimeError:  # loop closed between the check and the call
+                return
+
+    def open_sessions(self) -> Iterable[StreamSession]:
+        with self.lock:
+            return [s for s in self.sessions if not s.finished]

@@ -1,0 +1,385 @@
+"""One open `GET /2/tweets/search/stream` response: sends matching tweets, heartbeats and
+injected faults as chunked `\\r\\n`-terminated lines, until a fault, a kick, the usage cap,
+a slow reader or the client ends it."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import math
+import socket
+import struct
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from streamd.simulator import problems
+from streamd.simulator.faults import Fault
+from streamd.simulator.feed import Event, Feed
+from streamd.simulator.state import SimulatorState
+from streamd.simulator.tweets import FieldSelection
+
+ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIReceive = Callable[[], Awaitable[dict[str, Any]]]
+
+_CHUNK_TARGET = 64 * 1024
+_MALFORMED_LINES = (
+    b'{"data":{"id":"1","text":"not closed"',
+    b"<html><body>502 Bad Gateway</body></html>",
+    b'{"data": nope}',
+    b"\x00\xff garbage \xfe",
+)
+
+
+class _StreamEnded(Exception):
+    """Raised inside the loop to stop sending; `how` says how the socket ends."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(how)
+        self.how = how  # "end" (clean end of body), "drop" (close), "abort" (discard buffer)
+
+
+class StreamSession:
+    def __init__(
+        self,
+        state: SimulatorState,
+        feed: Feed,
+        selection: FieldSelection,
+        send: ASGISend,
+        transport: asyncio.Transport | None,
+        use_gzip: bool,
+        backfill_minutes: int = 0,
+        recovery: tuple[float, float] | None = None,
+    ) -> None:
+        self.state = state
+        self.feed = feed
+        self.selection = selection
+        self.host = state.config.problem_host
+        self._send = send
+        self.transport = transport
+        self.faults: collections.deque[Fault] = collections.deque()
+        self.wake = asyncio.Event()
+        self.finished = False
+        self.kicked = False
+        self.client_gone = asyncio.Event()
+        self.backfill_minutes = backfill_minutes
+        self.recovery = recovery
+        self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if use_gzip else None
+        self._heads = feed.heads_for(selection, self.host)
+        self._last_write = time.monotonic()
+        self._stall_until = 0.0
+        self._last_tweet: tuple[str, bytes] | None = None
+        self._split_next = 0
+        self._unknown_fields_next = 0
+        self._partial_errors_next = 0
+        self._swap_next = 0
+        self._batch = 128
+
+    # --- writing ------------------------------------------------------------------------
+
+    def _encode(self, data: bytes) -> bytes:
+        if self._compressor is None:
+            return data
+        # Sync-flush per chunk so each line reaches the client promptly.
+        return self._compressor.compress(data) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
+
+    async def _write(self, data: bytes) -> None:
+        if self.client_gone.is_set():
+            raise _StreamEnded("gone")
+        message = {"type": "http.response.body", "body": self._encode(data), "more_body": True}
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size() > 0:
+            try:
+                await asyncio.wait_for(self._send(message), self.state.config.slow_reader_seconds)
+            except TimeoutError:
+                raise _StreamEnded("abort") from None
+        else:
+            await self._send(message)
+        self._last_write = time.monotonic()
+
+    async def _send_tweets(self, ids: list[str], lines: list[bytes]) -> None:
+        if not lines:
+            return
+        self.state.record_tweets(ids, lines)
+        await self._write(b"\r\n".join(lines) + b"\r\n")
+        self._last_tweet = (ids[-1], lines[-1])
+
+    async def _send_other(self, kind: str, line: bytes) -> None:
+        self.state.record_line(kind, line)
+        await self._write(line + b"\r\n")
+
+    # --- main loop ----------------------------------------------------------------------
+
+    async def run(self, receive: ASGIReceive) -> None:
+        watcher = asyncio.ensure_future(self._watch_disconnect(receive))
+        cursor = self.feed.open_cursor()
+        how = "end"
+        try:
+            for fault in self.state.take_pending_faults():
+                self.faults.append(fault)
+            if self.backfill_minutes:
+                now = time.time()
+                await self._replay_window(now - self.backfill_minutes * 60, now)
+            if self.recovery is not None:
+                await self._replay_window(*self.recovery)
+                raise _StreamEnded("end")
+            while True:
+                await self._step(cursor)
+        except _StreamEnded as ended:
+            how = ended.how
+        except (ConnectionError, OSError):
+            how = "gone"
+        finally:
+            self.finished = True
+            self.feed.close_cursor(cursor)
+            with self.state.lock:
+                if self in self.state.sessions:
+                    self.state.sessions.remove(self)
+            try:
+                await self._finish(how)
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+    async def _watch_disconnect(self, receive: ASGIReceive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.client_gone.set()
+                self.wake.set()
+                return
+
+    async def _finish(self, how: str) -> None:
+        transport = self.transport
+        if how == "end":
+            tail = self._compressor.flush(zlib.Z_FINISH) if self._compressor else b""
+            with contextlib.suppress(Exception):
+                await self._send({"type": "http.response.body", "body": tail, "more_body": False})
+            if transport is not None:
+                transport.close()
+            return
+        if how == "gone" or transport is None:
+            return
+        if how == "reset":
+            await self._drain(2.0)
+            with contextlib.suppress(OSError):
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    # SO_LINGER 0: close sends RST instead of FIN.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        elif how == "abort":
+            transport.abort()
+        else:  # "drop": close the socket mid-body, no terminating chunk
+            transport.close()
+        # Let uvicorn see the connection go before the app returns.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.client_gone.wait(), 2.0)
+        if not self.client_gone.is_set():
+            transport.abort()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.client_gone.wait(), 1.0)
+
+    async def _drain(self, timeout: float) -> None:
+        transport = self.transport
+        deadline = time.monotonic() + timeout
+        while (
+            transport is not None
+            and transport.get_write_buffer_size() > 0
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.02)
+
+    async def _replay_window(self, start: float, end: float) -> None:
+        with self.state.lock:
+            ids, lines = self.state.sent.between(start, end)
+        for offset in range(0, len(lines), 256):
+            await self._send_tweets(ids[offset : offset + 256], lines[offset : offset + 256])
+
+    async def _step(self, cursor: Any) -> None:
+        if self.client_gone.is_set():
+            raise _StreamEnded("gone")
+        if self.kicked or self.state.stopping:
+            raise _StreamEnded("end")
+        deferred: list[Fault] = []
+        while self.faults:
+            fault = self.faults.popleft()
+            if fault.kind == "duplicate" and self._last_tweet is None:
+                deferred.append(fault)  # nothing to duplicate yet: retry after a tweet
+                continue
+            await self._apply(fault)
+        self.faults.extend(deferred)
+        now = time.monotonic()
+        if now < self._stall_until:
+            await self._sleep(self._stall_until - now)
+            return
+        settings = self.state.settings
+        limit = None
+        if settings.usage_cap is not None:
+            limit = settings.usage_cap - self.state.sent_count()
+            if limit <= 0:
+                raise _StreamEnded("end")
+        modifiers = self._split_next or self._unknown_fields_next or self._partial_errors_next or (
+            self._swap_next
+        )
+        wanted = 2 if self._swap_next else 1 if modifiers else self._batch
+        events = self.feed.pull(cursor, wanted, limit)
+        if events:
+            if modifiers:
+                await self._send_modified(events)
+            else:
+                await self._send_events(events)
+            if math.isinf(settings.tweets_per_second):
+                await asyncio.sleep(0)  # let other connections and control calls run
+            return
+        heartbeat = settings.heartbeat_interval
+        idle = now - self._last_write
+        if idle >= heartbeat:
+            await self._write(b"\r\n")
+            idle = 0.0
+        wait = heartbeat - idle
+        token_in = self.feed.seconds_to_next_token()
+        if token_in is not None:
+            wait = min(wait, max(token_in, 0.002))
+        with self.state.lock:
+            rules_in = self.state.rules.next_change_in()
+        if rules_in is not None:
+            wait = min(wait, rules_in + 0.001)
+        await self._sleep(wait)
+
+    async def _sleep(self, seconds: float) -> None:
+        if self.wake.is_set():
+            self.wake.clear()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), max(seconds, 0.0))
+        self.wake.clear()
+
+    def _render(self, event: Event) -> bytes:
+        return self.feed.render(event, self._heads, self.selection, self.host)
+
+    async def _send_events(self, events: list[Event]) -> None:
+        ids: list[str] = []
+        lines: list[bytes] = []
+        render = self._render
+        for event in events:
+            line = render(event)
+            if event[1] is None:
+                await self._send_tweets(ids, lines)
+                ids, lines = [], []
+                await self._send_other("replay", line)
+                continue
+            ids.append(event[1])
+            lines.append(line)
+        await self._send_tweets(ids, lines)
+        if lines:
+            average = max(64, sum(map(len, lines)) // len(lines))
+            self._batch = max(1, min(4096, _CHUNK_TARGET // average))
+
+    async def _send_modified(self, events: list[Event]) -> None:
+        if self._swap_next and len(events) == 2:
+            self._swap_next = 0
+            await self._send_events([events[1], events[0]])
+            return
+        if self._swap_next:
+            # Only one tweet was available: put it back in spirit by sending as is.
+            await self._send_events(events)
+            return
+        event = events[0]
+        if event[1] is None:
+            await self._send_events(events)
+            return
+        line = self._render(event)
+        tweet_id = event[1]
+        if self._unknown_fields_next:
+            self._unknown_fields_next -= 1
+            line = _with_unknown_fields(line)
+        if self._partial_errors_next:
+            self._partial_errors_next -= 1
+            line = _with_partial_errors(line, self.host, tweet_id)
+        if self._split_next:
+            self._split_next -= 1
+            self.state.record_tweets([tweet_id], [line])
+            full = line + b"\r\n"
+            cuts = sorted({max(1, len(full) // 3), max(2, 2 * len(full) // 3)})
+            pieces = [full[: cuts[0]], full[cuts[0] : cuts[-1]], full[cuts[-1] :]]
+            for piece in pieces:
+                if piece:
+                    await self._write(piece)
+                    await self._drain(0.5)
+            self._last_tweet = (tweet_id, line)
+            return
+        await self._send_tweets([tweet_id], [line])
+
+    # --- faults -------------------------------------------------------------------------
+
+    async def _apply(self, fault: Fault) -> None:
+        kind = fault.kind
+        if kind == "operational_disconnect":
+            body = {"errors": [problems.operational_disconnect(self.host, fault.disconnect_type)]}
+            await self._send_other("operational_disconnect", orjson.dumps(body))
+            raise _StreamEnded("end")
+        if kind == "close":
+            raise _StreamEnded("end")
+        if kind == "slow_reader_drop":
+            raise _StreamEnded("drop")
+        if kind == "reset_mid_line":
+            fresh = self.feed.fresh_line(self.selection, self.host)
+            line = fresh[1] if fresh else b'{"data":{"id":"1","text":"reset mid line"}}'
+            half = line[: max(1, len(line) // 2)]
+            self.state.record_line("reset_partial", half)
+            await self._write(half)
+            raise _StreamEnded("reset")
+        if kind == "stall":
+            self._stall_until = time.monotonic() + fault.seconds
+            return
+        if kind == "split_line":
+            self._split_next += 1
+            return
+        if kind == "out_of_order":
+            self._swap_next = 1
+            return
+        if kind == "unknown_fields":
+            self._unknown_fields_next += 1
+            return
+        if kind == "partial_errors":
+            self._partial_errors_next += 1
+            return
+        if kind == "malformed":
+            for number in range(fault.count):
+                await self._send_other("malformed", _MALFORMED_LINES[number % len(_MALFORMED_LINES)])
+            return
+        if kind == "truncated":
+            for _ in range(fault.count):
+                fresh = self.feed.fresh_line(self.selection, self.host)
+                line = fresh[1] if fresh else b'{"data":{"id":"1","text":"truncated line"}}'
+                await self._send_other("truncated", line[: max(1, len(line) * 2 // 3)])
+            return
+        if kind == "duplicate":
+            assert self._last_tweet is not None
+            tweet_id, line = self._last_tweet
+            await self._send_tweets([tweet_id] * fault.count, [line] * fault.count)
+            return
+        if kind == "unknown_message":
+            body = {"foo_event": {"id": str(self.feed.ids.next_block(1)), "kind": "preview",
+                                  "note": "a message type this client has never seen"}}
+            await self._send_other("unknown_message", orjson.dumps(body))
+            return
+        raise ValueError(f"unhandled fault {kind!r}")
+
+
+def _with_unknown_fields(line: bytes) -> bytes:
+    """Adds fields X may introduce one day: inside data and at the top level."""
+    line = line.replace(b'{"data":{', b'{"data":{"future_field":{"added":"2031-01-01"},', 1)
+    return line[:-1] + b',"future_top_level":[1,2,3]}'
+
+
+def _with_partial_errors(line: bytes, host: str, tweet_id: str) -> bytes:
+    error = problems.resource_not_found(host, str(int(tweet_id) - 1))
+    return line[:-1] + b',"errors":' + orjson.dumps([error]) + b"}"
