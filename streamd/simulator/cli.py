@@ -1,0 +1,107 @@
+"""`streamd simulate`: run the simulator in the foreground until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import threading
+from types import FrameType
+
+from streamd.reasons import ExitCode
+from streamd.simulator.config import TIERS, SimulatorConfig
+from streamd.simulator.server import Simulator
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamd simulate",
+        description="Serve a local X API v2 filtered stream (rules + stream endpoints).",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    parser.add_argument("--token", action="append", dest="tokens", metavar="TOKEN",
+                        help="valid app-only bearer token (repeatable; default test-token)")
+    parser.add_argument("--tier", choices=sorted(TIERS), default="pro")
+    parser.add_argument("--rate", default="50", metavar="TWEETS_PER_SECOND",
+                        help="generation rate; 'inf' for as fast as possible")
+    parser.add_argument("--total", type=int, default=None, help="stop generating after N")
+    parser.add_argument("--heartbeat", type=float, default=20.0, metavar="SECONDS")
+    parser.add_argument("--policy", choices=("reject_new", "kick_old"), default="reject_new")
+    parser.add_argument("--usage-cap", type=int, default=None)
+    parser.add_argument("--gzip", action="store_true", help="gzip when the client accepts it")
+    parser.add_argument("--replay", metavar="FILE", help="NDJSON payloads to replay")
+    parser.add_argument("--scenario", metavar="FILE", help="JSON/TOML scenario of timed faults")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--match-all", action="store_true",
+                        help="every generated tweet matches every rule")
+    parser.add_argument("--rule", action="append", default=[], metavar="VALUE[:TAG]",
+                        help="preload a rule (repeatable); the tag follows the last ':'"
+                             " only when what follows contains no space")
+    parser.add_argument("--problem-host", default="api.twitter.com",
+                        choices=("api.twitter.com", "api.x.com"))
+    return parser
+
+
+def parse_rule(text: str) -> tuple[str, str | None]:
+    """`VALUE[:TAG]`. Rules themselves contain ':' (from:x, has:links), so only a last
+    `:TAG` that is not an operator argument counts as a tag: `cat has:images:cats` ->
+    ("cat has:images", "cats"); `from:bob` -> ("from:bob", None)."""
+    value, sep, tag = text.rpartition(":")
+    if not sep or not value or not tag or " " in tag:
+        return text, None
+    # `from:bob` style: the part before ':' is a bare operator word, not a full rule.
+    if ":" not in value and " " not in value:
+        return text, None
+    return value, tag
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rate = math.inf if args.rate.lower() in ("inf", "infinity") else float(args.rate)
+        config = SimulatorConfig(
+            host=args.host,
+            port=args.port,
+            tokens=tuple(args.tokens or ["test-token"]),
+            tier=args.tier,
+            tweets_per_second=rate,
+            total_tweets=args.total,
+            heartbeat_interval=args.heartbeat,
+            connection_policy=args.policy,
+            usage_cap=args.usage_cap,
+            problem_host=args.problem_host,
+            gzip=args.gzip,
+            replay_file=args.replay,
+            scenario_file=args.scenario,
+            seed=args.seed,
+            match_all=args.match_all,
+        )
+        simulator = Simulator(config)
+    except (ValueError, OSError) as exc:
+        print(f"streamd simulate: {exc}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            simulator.start()
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"streamd simulate: cannot start: {exc}", file=sys.stderr)
+            return int(ExitCode.INTERNAL)
+        if args.rule:
+            simulator.add_rules([parse_rule(rule) for rule in args.rule])
+        print(f"simulator listening on {simulator.url}", flush=True)
+        print(f"bearer token: {config.tokens[0]}", flush=True)
+        while not stop.wait(0.5):
+            pass
+        return int(ExitCode.OK)
+    finally:
+        simulator.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
