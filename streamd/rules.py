@@ -269,6 +269,19 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
+def _body_or_empty(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _is_rule_cap(response: httpx.Response) -> bool:
+    """A top-level rule-cap problem (X's status for it is not documented: may be any 4xx)."""
+    return problem_slug(str(_body_or_empty(response).get("type", ""))) == "rule-cap"
+
+
 def _problem_text(body: Mapping[str, Any]) -> str:
     """A one-line account of a problem body, nested `errors[].message` included."""
     parts = [str(body[k]) for k in ("title", "detail") if body.get(k)]
@@ -365,7 +378,7 @@ class RulesApi:
         if response.status_code in ok:
             return body
         status = response.status_code
-        if problem_slug(str(body.get("type", ""))) == "rule-cap":
+        if _is_rule_cap(response):
             raise RulesSyncError(Reason.RULES_CAP, f"X refused the rules: {_problem_text(body)}")
         if status == 400:
             raise RulesSyncError(
@@ -427,10 +440,10 @@ class RulesApi:
                 continue
             self._note_window(endpoint, response.headers)
             status = response.status_code
-            if status in (401, 403):
+            if status in (401, 403) and not _is_rule_cap(response):
                 raise CredentialsError(
                     f"X refused the credentials on the rules endpoint (HTTP {status}): "
-                    f"{_problem_text(_json(response))}"
+                    f"{_problem_text(_body_or_empty(response))}"
                 )
             if status in (420, 429):
                 window = self._windows[endpoint]
