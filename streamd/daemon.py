@@ -152,7 +152,9 @@ class Daemon:
         undelivered = publisher.stats.in_flight
         self.log.info(
             "daemon.stopped", exit_code=int(self.exit_code), published=publisher.stats.published,
-            spooled=undelivered, uptime_s=round(time.monotonic() - started, 3),
+            spooled=undelivered, received=self._reader.received if self._reader else 0,
+            duplicates=self._reader.duplicates if self._reader else 0,
+            uptime_s=round(time.monotonic() - started, 3),
         )
         return int(self.exit_code)
 

@@ -125,6 +125,7 @@ class StreamReader:
         self.in_backoff = False  # sleeping out a scheduled reconnect delay
         self.usage_capped = False
         self.received = 0
+        self.duplicates = 0
         self.last_progress = time.monotonic()
 
     def stop(self) -> None:
@@ -301,6 +302,7 @@ class StreamReader:
             tweets += 1
             if self._dedup is not None and self._dedup.seen(out.tweet_id or ""):
                 metrics.duplicates_dropped.inc()
+                self.duplicates += 1
                 continue
             records.append(out)
         if heartbeats:
