@@ -67,7 +67,10 @@ class LineReader:
         out = []
         for line in lines:
             if line.startswith(b'{"data"'):
-                out.append(json.loads(line))
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue  # malformed/truncated fault lines are not tweets
         return out
 
     def wait_for(self, predicate: Any, timeout: float = 5.0) -> bool:
