@@ -105,8 +105,6 @@ class Daemon:
     async def run(self) -> int:
         settings = self.settings
         started = time.monotonic()
-        for warning in settings.warnings():
-            self.log.warning("config.warning", detail=warning)
         token = settings.x.resolve_bearer_token(self._environ)
         backoff = BackoffSettings(**settings.backoff.model_dump())
         send, receive = anyio.create_memory_object_stream[list[OutRecord]](
@@ -123,32 +121,27 @@ class Daemon:
                 dedup=Deduplicator(),
                 on_no_rules=lambda: self.sync_rules(reason="no_rules"),
             )
-            try:
-                async with anyio.create_task_group() as tg:
-                    port = await tg.start(
-                        serve_ops, OpsApp(self.metrics.asgi_app(), self.readiness),
-                        settings.http.listen,
-                    )
-                    self.log.info("http.listening", port=port, listen=settings.http.listen)
-                    tg.start_soon(self._watch_signals, tg)
-                    if await self.sync_rules(reason="startup"):
-                        self._rules_synced = True
-                    publisher_done = anyio.Event()
-                    tg.start_soon(self._run_publisher, receive, publisher_done)
-                    tg.start_soon(self._notify_systemd)
-                    try:
-                        await reader.run(send)
-                    except FatalDisconnect as exc:
-                        self.exit_code = exc.exit_code
-                        self.log.error("daemon.fatal", reason=exc.reason, detail=exc.detail,
-                                       exit_code=int(exc.exit_code))
-                    await self._shutdown(publisher, publisher_done)
-                    tg.cancel_scope.cancel()
-            except RulesError as exc:
-                self.exit_code = exc.exit_code
-                self.log.error("daemon.fatal", reason="rules", detail=str(exc),
-                               exit_code=int(exc.exit_code))
-                await publisher.aclose()
+            async with anyio.create_task_group() as tg:
+                port = await tg.start(
+                    serve_ops, OpsApp(self.metrics.asgi_app(), self.readiness),
+                    settings.http.listen,
+                )
+                self.log.info("http.listening", port=port, listen=settings.http.listen)
+                tg.start_soon(self._watch_signals, tg)
+                publisher_done = anyio.Event()
+                tg.start_soon(self._run_publisher, receive, publisher_done)
+                tg.start_soon(self._notify_systemd)
+                try:
+                    self._rules_synced = await self.sync_rules(reason="startup")
+                    await reader.run(send)
+                except FatalDisconnect as exc:
+                    self._fatal(exc.reason, exc.detail, exc.exit_code)
+                except RulesError as exc:
+                    self._fatal(getattr(exc, "reason", "rules"), str(exc), exc.exit_code)
+                finally:
+                    send.close()  # the reader may not have started: end the queue here
+                await self._shutdown(publisher, publisher_done)
+                tg.cancel_scope.cancel()
         undelivered = publisher.stats.in_flight
         self.log.info(
             "daemon.stopped", exit_code=int(self.exit_code), published=publisher.stats.published,
@@ -157,6 +150,10 @@ class Daemon:
             uptime_s=round(time.monotonic() - started, 3),
         )
         return int(self.exit_code)
+
+    def _fatal(self, reason: str, detail: str, exit_code: ExitCode) -> None:
+        self.exit_code = exit_code
+        self.log.error("daemon.fatal", reason=reason, detail=detail, exit_code=int(exit_code))
 
     async def _run_publisher(self, receive: Any, done: anyio.Event) -> None:
         assert self._publisher is not None

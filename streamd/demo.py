@@ -28,9 +28,9 @@ TOPIC = "demo.tweets"
 DLQ_TOPIC = "demo.tweets.dlq"
 TOKEN = "demo-token"
 DEMO_RULES = [
-    ("cat OR kitten", "cats"),
-    ("dog OR puppy", "dogs"),
-    ("lang:ja", "japanese"),
+    ("cat OR cats", "cats"),
+    ("coffee -tea", "coffee"),
+    ("kafka OR stream lang:en", "kafka"),
 ]
 
 
