@@ -106,6 +106,7 @@ class TweetFeatures:
 Predicate = Callable[[TweetFeatures], bool]
 
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
+_CJK_START = 0x2E80
 
 
 def words_of(text: str) -> frozenset[str]:
@@ -206,6 +207,9 @@ class _Parser:
             user = lowered[1:]
             return lambda f: user in f.mentions or user == f.username
         keyword_words = _WORD_RE.findall(lowered)
+        if any(ord(ch) >= _CJK_START for ch in lowered):
+            # CJK scripts have no spaces between words: match the characters anywhere.
+            return lambda f: lowered in f.text_lower
         if len(keyword_words) == 1 and keyword_words[0] == lowered:
             return lambda f: lowered in f.words
         # Keywords with punctuation (e.g. "c++", emoji): substring match.
