@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
@@ -42,7 +41,10 @@ async def respond(
     content_type: str = JSON,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
     headers.extend(extra_headers or [])
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -207,13 +209,10 @@ class SimulatorApp:
                 window = state.stream_window.peek()
                 self._record(denied.status, denied, query)
             else:
-                window = state.stream_window.hit()
-                denied = self._connect_check(pairs, window)
+                denied, window = self._connect_check(pairs, state.stream_window.hit())
                 if denied is not None:
                     self._record(denied.status, denied, query)
         if denied is not None:
-            if isinstance(denied, _FaultAnswer):
-                window = denied.window
             await respond_error(send, denied, window)
             return
         selections, backfill, recovery, _ = self._parse_stream_query(pairs)
@@ -244,12 +243,24 @@ class SimulatorApp:
             raise
         await session.run(receive)
 
-    def _connect_check(self, pairs: list[tuple[str, str]], window: WindowState) -> ErrorAnswer | None:
-        """Checks after auth, in X's order. Caller holds the lock."""
+    def _connect_check(
+        self, pairs: list[tuple[str, str]], window: WindowState
+    ) -> tuple[ErrorAnswer | None, WindowState]:
+        """Checks after auth, in X's order; returns the answer and the rate-limit state for
+        its headers (an injected rate-limit fault brings its own). Caller holds the lock."""
         state = self.state
         fault = state.next_connect_fault()
         if fault is not None:
-            return _FaultAnswer.of(fault, self.host, state.settings.product_name, window)
+            reset = fault.reset_at()
+            if reset is not None:
+                window = WindowState(False, window.limit, 0, reset)
+            return fault.answer(self.host, state.settings.product_name), window
+        return self._regular_check(pairs, window), window
+
+    def _regular_check(
+        self, pairs: list[tuple[str, str]], window: WindowState
+    ) -> ErrorAnswer | None:
+        state = self.state
         denied = self._tier()
         if denied is not None:
             return denied
@@ -396,7 +407,6 @@ class SimulatorApp:
     async def control(
         self, name: str, method: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        state = self.state
         try:
             payload: Any = {}
             if method == "POST":
@@ -411,7 +421,6 @@ class SimulatorApp:
         if result is None:
             await respond(send, 404, orjson.dumps({"error": f"no control endpoint {name!r}"}))
             return
-        del state
         await respond(send, 200, orjson.dumps(result))
 
     def _control(self, name: str, method: str, scope: Scope, payload: dict[str, Any]) -> Any:
@@ -462,22 +471,6 @@ class SimulatorApp:
                 control.delete_rules(state, [str(i) for i in payload["delete"]])
             return {"ids": ids}
         return None
-
-
-class _FaultAnswer(ErrorAnswer):
-    """An injected connect fault's answer, carrying its own rate-limit headers."""
-
-    window: WindowState
-
-    @classmethod
-    def of(cls, fault: ConnectFault, host: str, product: str, window: WindowState) -> _FaultAnswer:
-        base = fault.answer(host, product)
-        answer = cls(base.status, base.body, base.content_type, base.problem_type, base.detail)
-        reset = fault.reset_at()
-        if reset is not None:
-            window = WindowState(False, window.limit, 0, reset)
-        object.__setattr__(answer, "window", window)
-        return answer
 
 
 def _parse_time(value: str) -> float | None:
@@ -544,5 +537,3 @@ def _parse_rules_body(
         return bad("`delete.values` must be strings.")
     return {"delete": {"ids": ids, "values": values}}, []
 
-
-_ = asyncio  # asyncio is the server's loop; imported for type context in subclasses

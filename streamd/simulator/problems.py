@@ -77,7 +77,8 @@ def _problem(status: int, body: dict[str, Any]) -> ErrorAnswer:
 def generic(status: int, title: str | None = None) -> ErrorAnswer:
     """`about:blank` problems: 401, 429 rate limit, 5xx."""
     text = title or _HTTP_TITLES.get(status, "Error")
-    return _problem(status, {"title": text, "detail": text, "type": "about:blank", "status": status})
+    body = {"title": text, "detail": text, "type": "about:blank", "status": status}
+    return _problem(status, body)
 
 
 def unauthorized() -> ErrorAnswer:

@@ -12,8 +12,8 @@ from typing import Any
 from streamd.simulator import problems
 from streamd.simulator.records import Rule
 from streamd.simulator.rule_syntax import Predicate, RuleSyntaxError, compile_rule
-from streamd.simulator.timefmt import iso_now
 from streamd.simulator.snowflake import snowflake_now
+from streamd.simulator.timefmt import iso_now
 
 _TOKEN_BYTES = 10  # base32hex of 10 bytes is exactly 16 characters, as X's tokens are
 

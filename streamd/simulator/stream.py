@@ -185,14 +185,16 @@ class StreamSession:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.client_gone.wait(), 1.0)
 
-    async def _drain(self, timeout: float) -> None:
+    async def _drain(self, limit: float) -> None:
+        """Give the socket up to `limit` seconds to take what we wrote (asyncio offers no
+        "buffer empty" event to wait on), then a moment for the peer to receive it."""
         transport = self.transport
-        deadline = time.monotonic() + timeout
-        while (
-            transport is not None
-            and transport.get_write_buffer_size() > 0
-            and time.monotonic() < deadline
-        ):
+        deadline = time.monotonic() + limit
+        for _ in range(int(limit / 0.005) + 1):
+            if transport is None or transport.get_write_buffer_size() == 0:
+                break
+            if time.monotonic() >= deadline:
+                break
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.02)
 
@@ -353,7 +355,8 @@ class StreamSession:
             return
         if kind == "malformed":
             for number in range(fault.count):
-                await self._send_other("malformed", _MALFORMED_LINES[number % len(_MALFORMED_LINES)])
+                line = _MALFORMED_LINES[number % len(_MALFORMED_LINES)]
+                await self._send_other("malformed", line)
             return
         if kind == "truncated":
             for _ in range(fault.count):
@@ -367,9 +370,9 @@ class StreamSession:
             await self._send_tweets([tweet_id] * fault.count, [line] * fault.count)
             return
         if kind == "unknown_message":
-            body = {"foo_event": {"id": str(self.feed.ids.next_block(1)), "kind": "preview",
-                                  "note": "a message type this client has never seen"}}
-            await self._send_other("unknown_message", orjson.dumps(body))
+            message = {"foo_event": {"id": str(self.feed.ids.next_block(1)), "kind": "preview",
+                                     "note": "a message type this client has never seen"}}
+            await self._send_other("unknown_message", orjson.dumps(message))
             return
         raise ValueError(f"unhandled fault {kind!r}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -15,10 +15,10 @@ from streamd.simulator import Fault, Simulator
 
 
 @pytest.fixture
-def busy(make_simulator: Callable[..., Simulator]) -> Iterator[Simulator]:
+def busy(make_simulator: Callable[..., Simulator]) -> Simulator:
     sim = make_simulator(match_all=True, tweets_per_second=200.0, slow_reader_seconds=1.0)
     sim.add_rules([("cat", "cats")])
-    yield sim
+    return sim
 
 
 def _is_json(line: bytes) -> bool:
@@ -162,7 +162,8 @@ def test_unknown_fields_and_partial_errors_are_tweets(busy: Simulator) -> None:
             assert tweet_line in sent_lines
     partial = next(t for t in reader.tweets() if "errors" in t)
     assert partial["errors"][0]["type"].endswith("/2/problems/resource-not-found")
-    assert "data" in partial and "matching_rules" in partial
+    assert "data" in partial
+    assert "matching_rules" in partial
 
 
 def test_out_of_order_swaps_two_tweets(busy: Simulator) -> None:

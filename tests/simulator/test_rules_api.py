@@ -48,7 +48,8 @@ def test_add_returns_201_with_created_rules(simulator: Simulator) -> None:
     assert body["meta"]["summary"] == {"created": 2, "not_created": 0, "valid": 2, "invalid": 0}
     assert SENT.match(body["meta"]["sent"])
     first, second = body["data"]
-    assert first["value"] == "cat has:images" and first["tag"] == "cats with images"
+    assert first["value"] == "cat has:images"
+    assert first["tag"] == "cats with images"
     assert "tag" not in second
     assert all(re.fullmatch(r"\d{19}", rule["id"]) for rule in body["data"])
     assert [r.id for r in simulator.rules()] == [first["id"], second["id"]]
@@ -191,7 +192,8 @@ def test_malformed_bodies_are_400_invalid_request(simulator: Simulator, body: by
     problem = response.json()
     real = fixture_body("invalid_request")
     assert set(problem) == set(real)
-    assert problem["type"] == real["type"] and problem["detail"] == real["detail"]
+    assert problem["type"] == real["type"]
+    assert problem["detail"] == real["detail"]
     assert "x-rate-limit-remaining" in response.headers
 
 

@@ -29,7 +29,8 @@ def test_stream_sends_crlf_json_lines_with_rate_limit_headers(simulator: Simulat
         assert int(response.headers["x-rate-limit-reset"]) > time.time()
         tweets = reader.wait_tweets(20)
     ids = [int(t["data"]["id"]) for t in tweets]
-    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
     for tweet in tweets:
         data = tweet["data"]
         assert len(data["id"]) == 19
@@ -64,7 +65,8 @@ def test_requested_fields_and_expansions_are_rendered(simulator: Simulator) -> N
     sizes = []
     for tweet in tweets:
         data = tweet["data"]
-        assert data["created_at"].endswith("Z") and len(data["created_at"]) == 24
+        assert data["created_at"].endswith("Z")
+        assert len(data["created_at"]) == 24
         assert {"lang", "author_id", "public_metrics", "conversation_id"} <= set(data)
         users = tweet["includes"]["users"]
         assert users[0]["id"] == data["author_id"]
