@@ -1,0 +1,703 @@
+"""`streamd check`: the operator's first command. One line per check, a verdict, exit 0 only
+when no check failed (a WARN passes).
+
+Checks, in order: config, token, stream_access, rate_limits, rules, kafka, topics, spool.
+A check whose prerequisite failed is reported SKIP rather than guessed at.
+
+Three layers, as in streamd.rules:
+
+* probes (`probe_x`, `probe_kafka`, `probe_spool`) do the I/O and return plain facts;
+* pure judges (`judge_token`, `judge_rate_limits`, `judge_rules`, ...) turn facts into
+  `CheckResult`s, with an injectable clock and time zone so they are tested without I/O;
+* `run_checks` orders them; `check_command` renders text or JSON and picks the exit code.
+
+Stream access is deliberately NOT probed by connecting: a test connect takes the stream's
+only connection slot (a running daemon would be kicked or refused) and counts against the
+50-connects-per-15-minutes window. X answers the rules endpoint with 403 client-forbidden
+to the same tiers it refuses the stream to, so the rules answer stands in for it.
+
+The bearer token is never printed: every line goes through `logs.redact` and the token
+itself is scrubbed from the output as a second guard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+import httpx
+import orjson
+
+from streamd.classify import (
+    Classification,
+    classify_connect_response,
+    classify_transport_error,
+)
+from streamd.config import RuleSpec, Settings
+from streamd.errors import ConfigError, StreamdError
+from streamd.logs import redact
+from streamd.publisher import producer_kwargs
+from streamd.reasons import ExitCode, Reason
+from streamd.rules import (
+    PAGE_SIZE,
+    RULES_PATH,
+    RulesApi,
+    ServerRule,
+    check_locally,
+    plan_rules,
+)
+from streamd.stream import make_client
+
+FAILED_EXIT = 1  # at least one check failed ("exit 0 only if all pass")
+
+X_TIMEOUT = 10.0  # seconds for the one rules GET (the shared client has no read timeout)
+KAFKA_DEADLINE = 5.0  # seconds for bootstrap + metadata
+PROBE_NAME = ".streamd-check-probe"
+
+CHECK_NAMES = (
+    "config", "token", "stream_access", "rate_limits", "rules", "kafka", "topics", "spool",
+)
+
+TIER_FIX = (
+    "this app's access level has no filtered stream (Basic/Free): move the app to a Project "
+    "on a tier with filtered stream (Pro/Enterprise or pay-per-use)"
+)
+USER_CONTEXT_FIX = "a user-context token: use the app's bearer token (OAuth 2.0 App-Only)"
+SYNC_FIX = "run `streamd rules sync` (`streamd run` also syncs at start-up)"
+
+
+class Status(enum.StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+    SKIP = "skip"
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+
+_LABELS = {
+    Status.OK: "[ OK ]", Status.WARN: "[WARN]", Status.FAIL: "[FAIL]", Status.SKIP: "[SKIP]",
+}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: Status
+    detail: str
+    fix: str | None = None
+
+    def line(self) -> str:
+        text = f"{self.status.label} {self.name}: {self.detail}"
+        return f"{text} — fix: {self.fix}" if self.fix else text
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "status": str(self.status), "detail": self.detail,
+                "fix": self.fix}
+
+
+def skipped(name: str, because: str) -> CheckResult:
+    return CheckResult(name, Status.SKIP, f"skipped: {because}")
+
+
+def passed(results: Sequence[CheckResult]) -> bool:
+    return all(r.status is not Status.FAIL for r in results)
+
+
+# --- facts gathered by the probes -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class XAnswer:
+    """The rules endpoint's answer to one GET (headers lower-cased)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class XProbe:
+    answer: XAnswer | None = None
+    transport_error: str | None = None  # no answer at all
+    rules: tuple[ServerRule, ...] | None = None  # every server rule, when the GET succeeded
+    rules_error: str | None = None  # pagination beyond the first page failed
+
+
+@dataclass(frozen=True)
+class KafkaProbe:
+    topics: Mapping[str, int] = field(default_factory=dict)  # name -> partition count
+    brokers: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SpoolProbe:
+    path: Path
+    error: str | None = None
+    free_bytes: int | None = None
+    created: bool = False
+
+
+# --- pure judges --------------------------------------------------------------------------
+
+
+def judge_config(settings: Settings) -> CheckResult:
+    """Loading already validated the file (a bad one exits 78 before we run); here: what
+    loading cannot see (secrets files, the rules file) and accepted-but-odd values."""
+    where = str(settings.source_path) if settings.source_path else "built-in settings"
+    try:
+        rules = settings.resolved_rules()
+        settings.kafka.resolve_sasl_password()
+    except ConfigError as exc:
+        return CheckResult("config", Status.FAIL, f"{where}: {exc}",
+                           f"correct config key {exc.key!r}")
+    mode = settings.rules.mode
+    detail = f"{where} is valid; {len(rules)} rule(s) configured, rules.mode = {mode}"
+    warnings = settings.warnings()
+    if warnings:
+        return CheckResult("config", Status.WARN, f"{detail}; " + "; ".join(warnings))
+    return CheckResult("config", Status.OK, detail)
+
+
+def token_source(settings: Settings) -> str:
+    """Where the token comes from, never what it is."""
+    if settings.x.bearer_token is not None:
+        return "x.bearer_token"
+    if settings.x.bearer_token_file is not None:
+        return f"x.bearer_token_file ({settings.x.bearer_token_file})"
+    return "$CREDENTIALS_DIRECTORY/x_bearer_token"
+
+
+def _body_fields(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _v1_codes(fields: Mapping[str, Any]) -> set[int]:
+    codes: set[int] = set()
+    for item in fields.get("errors") or []:
+        if isinstance(item, dict) and isinstance(item.get("code"), int):
+            codes.add(int(item["code"]))
+    return codes
+
+
+def _is_tier_refusal(answer: XAnswer, verdict: Classification) -> bool:
+    fields = _body_fields(answer.body)
+    return verdict.problem_type == "client-forbidden" or 453 in _v1_codes(fields)
+
+
+def _said(answer: XAnswer, verdict: Classification) -> str:
+    """`HTTP 403 client-forbidden (client-not-enrolled): detail` — X's words, bounded."""
+    parts = [f"HTTP {answer.status}"]
+    if verdict.problem_type:
+        parts.append(verdict.problem_type)
+        extra = _body_fields(answer.body).get("reason")
+        if isinstance(extra, str) and extra:
+            parts.append(f"({extra})")
+    text = " ".join(parts)
+    return f"{text}: {verdict.detail}" if verdict.detail else text
+
+
+def judge_token(settings: Settings, probe: XProbe) -> CheckResult:
+    """The rules GET is app-only, like the stream (`/2/users/me` would refuse an app-only
+    token even when it is perfect, so it cannot serve here)."""
+    source = token_source(settings)
+    if probe.answer is None:
+        return CheckResult(
+            "token", Status.FAIL,
+            f"cannot reach X at {settings.x.api_url}: {probe.transport_error}",
+            "check x.api_url, DNS, proxy settings and outbound HTTPS from this host",
+        )
+    answer = probe.answer
+    if answer.status == 200:
+        return CheckResult(
+            "token", Status.OK,
+            f"X accepted the app-only bearer token from {source} (GET {RULES_PATH}: 200)",
+        )
+    verdict = classify_connect_response(answer.status, answer.headers, answer.body)
+    said = _said(answer, verdict)
+    if verdict.reason is Reason.UNAUTHORIZED:
+        return CheckResult(
+            "token", Status.FAIL, f"X rejected the token from {source} ({said})",
+            "check x.bearer_token_file (or x.bearer_token, or the systemd credential "
+            "x_bearer_token): it must hold the app's current Bearer Token from the developer "
+            "portal; regenerate it if it was revoked",
+        )
+    if verdict.reason is Reason.FORBIDDEN:
+        if verdict.problem_type == "unsupported-authentication":
+            return CheckResult("token", Status.FAIL, f"X refused the token ({said})",
+                               USER_CONTEXT_FIX)
+        if _is_tier_refusal(answer, verdict):
+            return CheckResult("token", Status.FAIL, f"X refused this app ({said})", TIER_FIX)
+        return CheckResult(
+            "token", Status.FAIL, f"X refused access ({said})",
+            "check the app's and the account's status in the X developer portal",
+        )
+    if verdict.reason is Reason.RATE_LIMITED:
+        # X authenticates before it counts: a 429 means the token itself was accepted.
+        return CheckResult(
+            "token", Status.OK, f"X accepted the token from {source} (rules endpoint: {said})"
+        )
+    if verdict.reason is Reason.SERVER_ERROR:
+        return CheckResult(
+            "token", Status.FAIL, f"could not verify the token: X answered {said}",
+            "X-side trouble: retry in a few minutes (https://api.twitterstat.us)",
+        )
+    return CheckResult(
+        "token", Status.FAIL, f"{settings.x.api_url} answered {said}",
+        "check x.api_url (https://api.x.com, or the simulator's URL)",
+    )
+
+
+def judge_stream_access(probe: XProbe, token: CheckResult) -> CheckResult:
+    name = "stream_access"
+    how = ("(from the rules endpoint's answer; no test connect, which would take the "
+           "stream's connection slot and one of its 50 connects / 15 min)")
+    answer = probe.answer
+    if answer is not None and answer.status == 200:
+        return CheckResult(name, Status.OK, f"this app may use the filtered stream {how}")
+    if answer is not None and answer.status in (420, 429):
+        return CheckResult(name, Status.WARN,
+                           f"unknown: the rules endpoint is rate-limited {how}")
+    if answer is not None and answer.status == 403:
+        verdict = classify_connect_response(answer.status, answer.headers, answer.body)
+        if _is_tier_refusal(answer, verdict):
+            return CheckResult(
+                name, Status.FAIL,
+                f"none: X refuses this app's access level (403 client-forbidden) {how}",
+                "move the app to a Project on a tier with filtered stream",
+            )
+    return skipped(name, "the token check failed" if token.status is Status.FAIL
+                   else "no usable answer from the rules endpoint")
+
+
+def _header_number(headers: Mapping[str, str], name: str) -> float | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        return float(raw.strip())
+    except ValueError:
+        return None
+
+
+def describe_reset(reset: float, now: float, local_tz: tzinfo | None = None) -> str:
+    """`2025-01-02 03:04:05 UTC (05:04:05 CEST local), in 840 s`."""
+    utc = datetime.fromtimestamp(reset, UTC)
+    local = datetime.fromtimestamp(reset, local_tz) if local_tz else utc.astimezone()
+    zone = local.tzname() or local.strftime("%z")
+    seconds = max(0, round(reset - now))
+    return (f"{utc:%Y-%m-%d %H:%M:%S} UTC ({local:%Y-%m-%d %H:%M:%S} {zone} local), "
+            f"in {seconds} s")
+
+
+def judge_rate_limits(
+    probe: XProbe, *, now: float, local_tz: tzinfo | None = None
+) -> CheckResult:
+    name = "rate_limits"
+    answer = probe.answer
+    if answer is None or answer.status not in (200, 420, 429):
+        return skipped(name, "the token check failed")
+    limit = _header_number(answer.headers, "x-rate-limit-limit")
+    remaining = _header_number(answer.headers, "x-rate-limit-remaining")
+    reset = _header_number(answer.headers, "x-rate-limit-reset")
+    if limit is None or remaining is None or reset is None:
+        return CheckResult(
+            name, Status.WARN,
+            "the rules GET carried no complete x-rate-limit-limit/remaining/reset headers",
+            "a proxy between here and X may strip them; streamd then backs off blindly",
+        )
+    reset = reset / 1000.0 if reset > 1e11 else reset  # tolerate milliseconds
+    detail = (f"rules GET: {remaining:.0f} of {limit:.0f} requests left; window resets "
+              f"{describe_reset(reset, now, local_tz)}")
+    if remaining <= 0 or answer.status in (420, 429):
+        return CheckResult(
+            name, Status.WARN, f"{detail}; the window is exhausted",
+            "wait for the reset before `streamd rules sync`; look for another client "
+            "using this app's token",
+        )
+    return CheckResult(name, Status.OK, detail)
+
+
+def judge_rules(settings: Settings, probe: XProbe, token: CheckResult) -> CheckResult:
+    """Configured rules against the local caps, then the server's rules against the config.
+    Being out of sync is a WARN: `streamd run` syncs at start-up."""
+    name = "rules"
+    cfg = settings.rules
+    try:
+        desired = settings.resolved_rules()
+    except ConfigError as exc:
+        return skipped(name, f"the rules configuration is invalid ({exc.key})")
+    local = _judge_local_rules(desired, settings)
+    if local is not None:
+        return local
+    if probe.rules is None:
+        why = probe.rules_error or (
+            "the token check failed" if token.status is Status.FAIL
+            else "the server's rules could not be read")
+        return skipped(name, f"{len(desired)} configured rule(s) pass local checks; {why}")
+    server = probe.rules
+    longest = max((len(r.value) for r in desired), default=0)
+    counts = (f"{len(server)} on the server, {len(desired)} configured (rules.max_rules = "
+              f"{cfg.max_rules}; longest {longest} of rules.max_length = {cfg.max_length})")
+    if cfg.mode == "off":
+        if not server:
+            return CheckResult(
+                name, Status.FAIL,
+                "rules.mode = off and the server holds no rules: the stream would be "
+                "refused (409 no rules)",
+                "add [[rules.rule]] entries with rules.mode = \"sync\", or create rules "
+                "with `streamd rules sync` / your own tooling",
+            )
+        return CheckResult(name, Status.OK,
+                           f"rules.mode = off (not managed by streamd): {len(server)} on the "
+                           "server")
+    plan = plan_rules(desired, server, mode=cfg.mode, max_rules=cfg.max_rules)
+    if plan.final_count > cfg.max_rules:
+        return CheckResult(
+            name, Status.FAIL,
+            f"{counts}: after the sync {plan.final_count} rules would exceed rules.max_rules",
+            "delete server rules (rules.mode = \"sync\" does) or configure fewer rules",
+        )
+    if plan.final_count == 0:
+        return CheckResult(
+            name, Status.FAIL,
+            f"{counts}: no rule would be active, so the stream would be refused (409)",
+            "configure at least one [[rules.rule]]",
+        )
+    if plan.in_sync and not plan.conflicts:
+        return CheckResult(name, Status.OK, f"{counts}; in sync")
+    diff = f"{len(plan.to_add)} to add, {len(plan.to_delete)} to delete"
+    if plan.conflicts:
+        diff += (f", {len(plan.conflicts)} held under another tag (mode add never "
+                 "deletes them)")
+    return CheckResult(name, Status.WARN, f"{counts}; {diff}", SYNC_FIX)
+
+
+def _judge_local_rules(desired: Sequence[RuleSpec], settings: Settings) -> CheckResult | None:
+    cfg = settings.rules
+    if cfg.mode != "off" and len(desired) > cfg.max_rules:
+        return CheckResult(
+            "rules", Status.FAIL,
+            f"{len(desired)} rules configured, over rules.max_rules = {cfg.max_rules}",
+            "configure fewer rules, or raise rules.max_rules if your tier allows more",
+        )
+    problems = check_locally(desired, cfg.max_length) if cfg.mode != "off" else []
+    if problems:
+        first = problems[0].describe()
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return CheckResult(
+            "rules", Status.FAIL, f"{first}{more}",
+            "shorten or split the rule, or raise rules.max_length if your tier allows more",
+        )
+    return None
+
+
+def judge_kafka(settings: Settings, probe: KafkaProbe) -> CheckResult:
+    servers = settings.kafka.bootstrap_servers
+    if probe.error is not None:
+        return CheckResult(
+            "kafka", Status.FAIL, f"cannot reach {servers}: {probe.error}",
+            "check kafka.bootstrap_servers, that the broker runs and that its advertised "
+            "listeners are reachable from here (and kafka.security_protocol / sasl_* / ssl_*)",
+        )
+    return CheckResult(
+        "kafka", Status.OK,
+        f"{servers}: {probe.brokers} broker(s) answered in {probe.seconds:.2f} s "
+        f"({settings.kafka.security_protocol})",
+    )
+
+
+def judge_topics(settings: Settings, probe: KafkaProbe) -> CheckResult:
+    if probe.error is not None:
+        return skipped("topics", "the kafka check failed")
+    wanted = (settings.kafka.topic, settings.kafka.dlq_topic)
+    missing = [t for t in wanted if t not in probe.topics]
+    if missing:
+        servers = settings.kafka.bootstrap_servers
+        commands = "; ".join(
+            f"kafka-topics --bootstrap-server {servers} --create --topic {t}" for t in missing
+        )
+        return CheckResult(
+            "topics", Status.FAIL, "missing: " + ", ".join(missing),
+            f"create it: {commands} (choose partitions and replication for your cluster)",
+        )
+    present = ", ".join(
+        f"{t} ({n} partition{'s' if n != 1 else ''})"
+        for t, n in ((t, probe.topics[t]) for t in wanted)
+    )
+    return CheckResult("topics", Status.OK, f"present: {present}")
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def judge_spool(settings: Settings, probe: SpoolProbe) -> CheckResult:
+    where = str(probe.path)
+    if probe.error is not None:
+        return CheckResult(
+            "spool", Status.FAIL, f"{where} is not writable: {probe.error}",
+            "create spool.dir and give the streamd user write access (systemd: "
+            "StateDirectory=streamd), or point spool.dir elsewhere",
+        )
+    made = " (created)" if probe.created else ""
+    detail = f"{where}{made} is writable (write + fsync + delete)"
+    limit = settings.spool.max_bytes
+    if probe.free_bytes is not None and probe.free_bytes < limit:
+        return CheckResult(
+            "spool", Status.WARN,
+            f"{detail}; only {_size(probe.free_bytes)} free, below spool.max_bytes = "
+            f"{_size(limit)}",
+            "free disk space or lower spool.max_bytes",
+        )
+    return CheckResult("spool", Status.OK, detail)
+
+
+# --- probes (I/O) ---------------------------------------------------------------------
+
+
+def _rules_of(body: Mapping[str, Any]) -> list[ServerRule]:
+    return [ServerRule(str(item["id"]), str(item["value"]), item.get("tag"))
+            for item in body.get("data") or [] if isinstance(item, dict)]
+
+
+async def probe_x(settings: Settings, token: str) -> XProbe:
+    """One GET of the rules (a second pass through RulesApi only past 1000 rules)."""
+    async with make_client(settings, token) as client:
+        try:
+            response = await client.get(
+                RULES_PATH, params={"max_results": str(PAGE_SIZE)}, timeout=X_TIMEOUT
+            )
+        except httpx.HTTPError as exc:
+            return XProbe(transport_error=classify_transport_error(exc).detail)
+        answer = XAnswer(
+            response.status_code,
+            {k.lower(): v for k, v in response.headers.items()},
+            response.content,
+        )
+        if response.status_code != 200:
+            return XProbe(answer)
+        body = _body_fields(response.content)
+        if not (body.get("meta") or {}).get("next_token"):
+            return XProbe(answer, rules=tuple(_rules_of(body)))
+        # More than one page: let RulesApi follow the pages; never wait out a window.
+        api = RulesApi(client, max_attempts=1, max_wait=0.0)
+        try:
+            return XProbe(answer, rules=tuple(await api.list_rules()))
+        except StreamdError as exc:
+            return XProbe(answer, rules_error=f"listing every page failed: {exc}")
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """aiokafka logs each refused connection at ERROR; the check line says it once."""
+    logger = logging.getLogger(logger_name)
+    before = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+# AIOKafkaClient takes these of the producer's settings (security included).
+_CLIENT_KEYS = ("bootstrap_servers", "client_id", "security_protocol", "ssl_context",
+                "sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
+
+
+async def probe_kafka(
+    settings: Settings, deadline: float = KAFKA_DEADLINE
+) -> KafkaProbe:
+    """Bootstrap and read all topics' metadata, within `deadline` seconds. Asking for all
+    topics (not ours by name) never triggers a broker's auto-creation."""
+    from aiokafka.client import AIOKafkaClient
+
+    try:
+        password = settings.kafka.resolve_sasl_password()
+        kwargs = producer_kwargs(settings.kafka, password)
+    except (ConfigError, OSError) as exc:
+        return KafkaProbe(error=str(exc))
+    options = {k: kwargs[k] for k in _CLIENT_KEYS if k in kwargs}
+    options["client_id"] = f"{settings.kafka.client_id}-check"
+    options["request_timeout_ms"] = int(deadline * 1000)
+    started = time.monotonic()
+    with _quiet("aiokafka"):
+        client = AIOKafkaClient(**options)
+        try:
+            with anyio.fail_after(deadline):
+                await client.bootstrap()
+                metadata = await client.fetch_all_metadata()
+        except TimeoutError:
+            return KafkaProbe(error=f"no answer within {deadline:g} s")
+        except Exception as exc:  # aiokafka raises its own and OSError kinds alike
+            return KafkaProbe(error=_exception_text(exc))
+        finally:
+            await client.close()
+    topics = {t: len(metadata.partitions_for_topic(t) or ()) for t in metadata.topics()}
+    return KafkaProbe(topics, len(metadata.brokers()), time.monotonic() - started)
+
+
+def _exception_text(exc: BaseException) -> str:
+    """`Name: message`, without the name twice (aiokafka's str() already starts with it)."""
+    name, message = type(exc).__name__, str(exc)
+    while message.startswith(f"{name}: "):
+        message = message[len(name) + 2 :]
+    return f"{name}: {message}" if message else name
+
+
+def probe_spool(path: Path) -> SpoolProbe:
+    """Create the directory if missing; write, fsync and delete a probe file."""
+    created = not path.exists()
+    probe = path / f"{PROBE_NAME}-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"streamd check\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        probe.unlink()
+        free = shutil.disk_usage(path).free
+    except OSError as exc:
+        return SpoolProbe(path, error=exc.strerror or str(exc))
+    return SpoolProbe(path, free_bytes=free, created=created)
+
+
+# --- orchestration ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckEnv:
+    """What the judges may not take from the machine in tests."""
+
+    now: Callable[[], float] = time.time
+    local_tz: tzinfo | None = None  # None: the machine's zone
+    kafka_deadline: float = KAFKA_DEADLINE
+
+
+async def run_checks(
+    settings: Settings, token: str | None, env: CheckEnv | None = None
+) -> list[CheckResult]:
+    """Every check in CHECK_NAMES order. `token` None means it could not be resolved (the
+    token check then fails with the config error; its dependants are skipped)."""
+    env = env or CheckEnv()
+    x_probe: XProbe | None = None
+    kafka_probe = KafkaProbe()
+
+    async def x_task() -> None:
+        nonlocal x_probe
+        if token is not None:
+            x_probe = await probe_x(settings, token)
+
+    async def kafka_task() -> None:
+        nonlocal kafka_probe
+        kafka_probe = await probe_kafka(settings, env.kafka_deadline)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(x_task)
+        group.start_soon(kafka_task)
+    spool_probe = await anyio.to_thread.run_sync(probe_spool, settings.spool.dir)
+
+    results = [judge_config(settings)]
+    if x_probe is None:
+        token_result = _token_missing(settings)
+        results += [token_result,
+                    skipped("stream_access", "the token check failed"),
+                    skipped("rate_limits", "the token check failed"),
+                    judge_rules(settings, XProbe(), token_result)]
+    else:
+        token_result = judge_token(settings, x_probe)
+        results += [token_result,
+                    judge_stream_access(x_probe, token_result),
+                    judge_rate_limits(x_probe, now=env.now(), local_tz=env.local_tz),
+                    judge_rules(settings, x_probe, token_result)]
+    results += [judge_kafka(settings, kafka_probe), judge_topics(settings, kafka_probe),
+                judge_spool(settings, spool_probe)]
+    return results
+
+
+def _token_missing(settings: Settings) -> CheckResult:
+    try:
+        settings.x.resolve_bearer_token()
+    except ConfigError as exc:
+        detail = str(exc)
+    else:  # pragma: no cover - run_checks passes None only after a ConfigError
+        detail = "no token"
+    return CheckResult(
+        "token", Status.FAIL, detail,
+        "set x.bearer_token_file to a file holding the app's Bearer Token (or "
+        "STREAMD_X__BEARER_TOKEN, or systemd LoadCredential=x_bearer_token)",
+    )
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def verdict_line(results: Sequence[CheckResult]) -> str:
+    failed = [r.name for r in results if r.status is Status.FAIL]
+    counts = ", ".join(
+        f"{sum(1 for r in results if r.status is s)} {s.name}"
+        for s in Status if any(r.status is s for r in results)
+    )
+    if failed:
+        return f"verdict: FAIL ({counts}) — failed: {', '.join(failed)}"
+    return f"verdict: PASS ({counts})"
+
+
+def render_text(results: Sequence[CheckResult]) -> str:
+    return "\n".join([*(r.line() for r in results), verdict_line(results)]) + "\n"
+
+
+def render_json(results: Sequence[CheckResult]) -> str:
+    document = {
+        "checks": [r.as_json() for r in results],
+        "verdict": "pass" if passed(results) else "fail",
+    }
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
+def _scrub(text: str, token: str | None) -> str:
+    text = redact(text)
+    if token and len(token) >= 4:
+        text = text.replace(token, "***")
+    return text
+
+
+def check_command(
+    settings: Settings, *, as_json: bool, out: TextIO | None = None,
+    env: CheckEnv | None = None,
+) -> int:
+    """`streamd check [--json]`: 0 when no check failed, else 1."""
+    try:
+        token: str | None = settings.x.resolve_bearer_token()
+    except ConfigError:
+        token = None
+    results = anyio.run(run_checks, settings, token, env)
+    text = render_json(results) if as_json else render_text(results)
+    (out or sys.stdout).write(_scrub(text, token))
+    return int(ExitCode.OK) if passed(results) else FAILED_EXIT
