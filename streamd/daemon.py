@@ -21,14 +21,19 @@ from streamd import sdnotify
 from streamd.backoff import BackoffSettings, ReconnectPolicy
 from streamd.config import Settings, load_settings
 from streamd.dedup import Deduplicator
-from streamd.errors import FatalDisconnect, RulesError, StreamdError
+from streamd.errors import ConfigError, FatalDisconnect, RulesError, StreamdError
 from streamd.http_server import OpsApp, serve_ops
 from streamd.logs import get_logger
 from streamd.metrics import Metrics
 from streamd.publisher import KafkaPublisher
 from streamd.reasons import ExitCode
 from streamd.records import OutRecord
+from streamd.spool import Spool
 from streamd.stream import StreamReader, make_client, queue_batches
+
+# The duplicate window: reconnect overlaps and backfill (at most 5 minutes) fall inside it.
+DEDUP_WINDOW_S = 900.0
+DEDUP_MAX_IDS = 200_000
 
 
 class Daemon:
@@ -110,16 +115,25 @@ class Daemon:
         send, receive = anyio.create_memory_object_stream[list[OutRecord]](
             max_buffer_size=queue_batches(settings.stream.queue_size)
         )
+        spool = await self._open_spool()
+        dedup = Deduplicator(DEDUP_MAX_IDS, DEDUP_WINDOW_S)
+        dedup.preload(await anyio.to_thread.run_sync(
+            spool.recent_ids, DEDUP_WINDOW_S, DEDUP_MAX_IDS))
+        if spool.count:
+            self.log.info("spool.found", spooled=spool.count, bytes=spool.bytes,
+                          detail="publishing what a previous run left")
         publisher = self._publisher = KafkaPublisher(
-            settings.kafka, self.metrics, self.log,
+            settings.kafka, self.metrics, self.log, spool=spool,
+            spool_interval=settings.spool.batch_interval,
             sasl_password=settings.kafka.resolve_sasl_password(self._environ),
         )
         async with make_client(settings, token) as client:
             self._client = client
             reader = self._reader = StreamReader(
                 settings, client, self.metrics, self.log, ReconnectPolicy(backoff),
-                dedup=Deduplicator(),
+                dedup=dedup,
                 on_no_rules=lambda: self.sync_rules(reason="no_rules"),
+                room=lambda: publisher.spool_room,
             )
             async with anyio.create_task_group() as tg:
                 port = await tg.start(
@@ -140,12 +154,14 @@ class Daemon:
                     self._fatal(getattr(exc, "reason", "rules"), str(exc), exc.exit_code)
                 finally:
                     send.close()  # the reader may not have started: end the queue here
-                await self._shutdown(publisher, publisher_done)
+                spooled = await self._shutdown(publisher, publisher_done)
                 tg.cancel_scope.cancel()
-        undelivered = publisher.stats.in_flight
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(spool.remember_ids, dedup.snapshot())
+            await anyio.to_thread.run_sync(spool.close)
         self.log.info(
             "daemon.stopped", exit_code=int(self.exit_code), published=publisher.stats.published,
-            spooled=undelivered, received=self._reader.received if self._reader else 0,
+            spooled=spooled, received=self._reader.received if self._reader else 0,
             duplicates=self._reader.duplicates if self._reader else 0,
             uptime_s=round(time.monotonic() - started, 3),
         )
@@ -162,17 +178,26 @@ class Daemon:
         finally:
             done.set()
 
-    async def _shutdown(self, publisher: KafkaPublisher, publisher_done: anyio.Event) -> None:
+    async def _open_spool(self) -> Spool:
+        directory = self.settings.spool.dir
+        try:
+            return await anyio.to_thread.run_sync(
+                Spool, directory, self.settings.spool.max_bytes
+            )
+        except StreamdError as exc:
+            raise ConfigError("spool.dir", f"cannot use {str(directory)!r}: {exc}") from None
+
+    async def _shutdown(self, publisher: KafkaPublisher, publisher_done: anyio.Event) -> int:
+        """Stop reading is done; drain the queue, flush within the deadline, spool the rest.
+        Returns how many records are left in the spool."""
         sdnotify.stopping()
         deadline = self.settings.kafka.flush_timeout
+        held = 0
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(deadline):
                 await publisher_done.wait()
-            leftover = await publisher.flush(deadline)
-            publisher.stats.in_flight = len(leftover)
-            if leftover:
-                self.log.error("kafka.flush_incomplete", undelivered=len(leftover))
-            await publisher.aclose()
+            held = await publisher.close(deadline)
+        return held
 
     async def _watch_signals(self, tg: TaskGroup) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

@@ -37,6 +37,12 @@ class Deduplicator:
         self._order.append((tweet_id, now))
         return False
 
+    def snapshot(self, wall_clock: Callable[[], float] = time.time) -> list[tuple[str, float]]:
+        """The window as (tweet_id, epoch seconds seen), to persist across a restart."""
+        offset = wall_clock() - self._clock()
+        return [(tweet_id, at + offset) for tweet_id, at in self._order
+                if self._seen.get(tweet_id) == at]
+
     def preload(self, tweet_ids: Iterable[str]) -> None:
         """Seed the window (e.g. from the spool after a restart)."""
         now = self._clock()

@@ -1,9 +1,22 @@
-"""The publisher: bounded queue -> batched produce -> Kafka acks.
+"""The publisher: bounded queue -> batched produce -> Kafka acks, with the spool beside it.
 
-Records arrive from the reader in small lists (one per network read). They are packed into
-per-partition `BatchBuilder`s with the key partitioner (murmur2, like every Kafka client, so
-a tweet id always lands on one partition) and submitted with `send_batch`: one future per
-batch, not one per tweet. Every future is checked; a failed batch is retried, never dropped.
+Records arrive from the reader in small lists. They are packed into per-partition
+`BatchBuilder`s with the key partitioner (murmur2, like every Kafka client, so a tweet id
+always lands on one partition) and submitted with `send_batch`: one future per batch, not
+one per tweet. Every future is checked.
+
+Durability ("spool-ahead"): every `spool.batch_interval` the spool writer stores, in one
+transaction, every record that is not acknowledged yet but was submitted more than one
+interval ago, plus every record Kafka could not take (a failed batch, a broker that does not
+answer, or a producer that cannot start). Records spooled while still in flight are deleted
+again when their ack arrives. In normal operation acks take milliseconds, so nothing is
+written; yet a SIGKILL at any instant loses at most what was read in the last batch interval.
+While Kafka is unavailable, live records go straight to the spool; a drain task publishes
+the spool oldest-first as soon as Kafka acknowledges again, while live records flow.
+
+aiokafka has no aggregate buffer limit and can hang in start/send/flush/stop while the
+cluster is down, so every await on it carries a deadline, in-flight records are capped, and
+a producer whose start failed is thrown away and recreated.
 """
 
 from __future__ import annotations
@@ -11,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
@@ -23,6 +36,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from streamd.config import KafkaSettings
 from streamd.metrics import Metrics
 from streamd.records import OutRecord
+from streamd.spool import Spool, SpoolEntry, SpoolFull
 
 
 class Logger(Protocol):
@@ -36,9 +50,11 @@ _partitioner = DefaultPartitioner()
 # How many records one publish cycle takes from the queue before submitting: big enough to
 # fill batches at full speed, small enough to keep latency low at 2k tweets/s.
 _COALESCE = 5_000
+# How many spooled records one drain round publishes.
+_DRAIN_BATCH = 2_000
 
 
-def producer_kwargs(kafka: KafkaSettings, bearer_free_password: str | None) -> dict[str, Any]:
+def producer_kwargs(kafka: KafkaSettings, sasl_password: str | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap_servers,
         "client_id": kafka.client_id,
@@ -54,7 +70,7 @@ def producer_kwargs(kafka: KafkaSettings, bearer_free_password: str | None) -> d
     if kafka.sasl_mechanism:
         kwargs["sasl_mechanism"] = kafka.sasl_mechanism
         kwargs["sasl_plain_username"] = kafka.sasl_username
-        kwargs["sasl_plain_password"] = bearer_free_password
+        kwargs["sasl_plain_password"] = sasl_password
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         from aiokafka.helpers import create_ssl_context
 
@@ -64,10 +80,47 @@ def producer_kwargs(kafka: KafkaSettings, bearer_free_password: str | None) -> d
     return kwargs
 
 
-@dataclass
+def failure_reason(exc: BaseException) -> str:
+    """Map a produce failure onto the fixed label set of publish_failures{reason}."""
+    name = type(exc).__name__
+    if isinstance(exc, TimeoutError) or "Timeout" in name:
+        return "timeout"
+    if "TooLarge" in name:
+        return "too_large"
+    if "Connection" in name or "NotReady" in name or "NoBrokers" in name or isinstance(
+        exc, OSError
+    ):
+        return "unavailable"
+    return "other"
+
+
+def to_entry(record: OutRecord) -> SpoolEntry:
+    return SpoolEntry(
+        dlq=record.dlq, key=record.key, value=record.value, timestamp_ms=record.timestamp_ms,
+        headers=list(record.headers), tweet_id=record.tweet_id,
+    )
+
+
+def from_entry(entry: SpoolEntry) -> OutRecord:
+    # The monotonic read time is gone after a restart; derive it from the record timestamp
+    # so the latency histogram still measures read -> ack.
+    age = max(0.0, time.time() - entry.timestamp_ms / 1000)
+    return OutRecord(
+        dlq=entry.dlq, key=entry.key, value=entry.value, timestamp_ms=entry.timestamp_ms,
+        headers=list(entry.headers), read_at=time.monotonic() - age, tweet_id=entry.tweet_id,
+    )
+
+
 class _InFlight:
-    records: list[OutRecord]
-    future: asyncio.Future[Any]
+    """One submitted batch: its records until settled, and its spool rows if spooled."""
+
+    __slots__ = ("future", "records", "seqs", "submitted")
+
+    def __init__(self, records: list[OutRecord], future: asyncio.Future[Any]) -> None:
+        self.records = records
+        self.future = future
+        self.submitted = time.monotonic()
+        self.seqs: list[int] | None = None  # spool rows shadowing this batch
 
 
 @dataclass
@@ -75,12 +128,13 @@ class PublishStats:
     published: int = 0
     dlq_published: int = 0
     failed_batches: int = 0
-    in_flight: int = 0
-    undelivered: list[OutRecord] = field(default_factory=list)
+    drained: int = 0
+    undelivered: int = 0  # neither acked nor spooled at the end (only without a spool)
 
 
 class KafkaPublisher:
-    """Owns the producer. `run()` drains the queue until it is closed, then flushes."""
+    """Owns the producer and the spool. `run()` drains the queue until it is closed;
+    `close()` then flushes within a deadline and spools the rest."""
 
     def __init__(
         self,
@@ -88,13 +142,18 @@ class KafkaPublisher:
         metrics: Metrics,
         log: Logger,
         *,
+        spool: Spool | None = None,
+        spool_interval: float = 0.2,
         sasl_password: str | None = None,
-        max_in_flight_records: int = 100_000,
+        max_in_flight_records: int = 10_000,
         on_ack: Callable[[int], None] | None = None,
     ) -> None:
         self._kafka = kafka
         self._metrics = metrics
         self._log = log
+        self._spool = spool
+        self._spool_interval = spool_interval
+        self._spool_lock = anyio.Lock()
         self._sasl_password = sasl_password
         self._max_in_flight = max_in_flight_records
         self._on_ack = on_ack
@@ -102,14 +161,48 @@ class KafkaPublisher:
         self._partitions: dict[str, list[int]] = {}
         self._in_flight: collections.deque[_InFlight] = collections.deque()
         self._in_flight_records = 0
-        self._retry: list[OutRecord] = []
+        # Records Kafka could not take, waiting for the spool writer (or, with no spool,
+        # for a retry).
+        self._pending: list[OutRecord] = []
+        # Spool rows whose batch was acked: deleted by the next spool round.
+        self._acked_seqs: list[int] = []
+        # Spool rows that are shadows of batches still in flight: the drain skips them.
+        self._shadow: set[int] = set()
         self._available = False
+        self._announced: bool | None = None
+        # Set while the spool has room; replaced by a fresh (unset) event when it fills up,
+        # which tells the reader to stop reading X until the drain makes room.
+        self.spool_room = anyio.Event()
+        self.spool_room.set()
         self.stats = PublishStats()
+
+    # -- state for readiness and the reader ----------------------------------------------
 
     @property
     def available(self) -> bool:
         """True while Kafka acknowledges (for /readyz)."""
         return self._available
+
+    @property
+    def has_room(self) -> bool:
+        return self.spool_room.is_set()
+
+    def held(self) -> int:
+        """Records not yet acknowledged: in flight, pending, or spooled."""
+        spooled = self._spool.count if self._spool is not None else 0
+        return self._in_flight_records + len(self._pending) + spooled
+
+    def _set_available(self, available: bool) -> None:
+        self._available = available
+        self._metrics.kafka_available.set(1 if available else 0)
+        if available == self._announced:
+            return
+        self._announced = available
+        spooled = self._spool.count if self._spool is not None else len(self._pending)
+        if available:
+            self._log.info("kafka.recovered", spooled=spooled)
+        else:
+            self._log.warning("kafka.unavailable", spooled=spooled + self._in_flight_records)
 
     # -- producer lifecycle ------------------------------------------------------------
 
@@ -118,19 +211,17 @@ class KafkaPublisher:
             return self._producer
         producer = AIOKafkaProducer(**producer_kwargs(self._kafka, self._sasl_password))
         try:
-            # aiokafka can hang in start() while the cluster is down: bound it.
             with anyio.fail_after(self._kafka.publish_timeout):
                 await producer.start()
                 for topic in (self._kafka.topic, self._kafka.dlq_topic):
                     parts = await producer.partitions_for(topic)
                     self._partitions[topic] = sorted(parts)
         except BaseException:
-            # A producer whose start failed is unusable: stop it and make a new one next time.
+            # A producer whose start failed is unusable: stop it, make a new one next time.
             with anyio.move_on_after(2, shield=True):
                 await producer.stop()
             raise
         self._producer = producer
-        self._set_available(True)
         return producer
 
     async def aclose(self) -> None:
@@ -139,32 +230,29 @@ class KafkaPublisher:
             with anyio.move_on_after(self._kafka.flush_timeout, shield=True):
                 await producer.stop()
 
-    def _set_available(self, available: bool) -> None:
-        if available == self._available:
-            return
-        self._available = available
-        self._metrics.kafka_available.set(1 if available else 0)
-        if available:
-            self._log.info("kafka.recovered", spooled=len(self._retry))
-        else:
-            held = len(self._retry) + self._in_flight_records
-            self._log.warning("kafka.unavailable", spooled=held)
-
-    # -- the loop ----------------------------------------------------------------------
+    # -- the loops ---------------------------------------------------------------------
 
     async def run(self, receive: MemoryObjectReceiveStream[list[OutRecord]]) -> None:
-        """Publish until the queue is closed and drained; then wait for the last acks."""
+        """Publish until the queue is closed and drained. The spool writer and the drain
+        run beside it and are stopped when the queue ends."""
+        async with anyio.create_task_group() as tg:
+            if self._spool is not None:
+                tg.start_soon(self._spool_loop)
+                tg.start_soon(self._drain_loop)
+            await self._consume(receive)
+            tg.cancel_scope.cancel()
+
+    async def _consume(self, receive: MemoryObjectReceiveStream[list[OutRecord]]) -> None:
         async with receive:
             while True:
                 records: list[OutRecord] | None = None
-                # Wake up periodically even when idle, to retry failed batches.
-                with anyio.move_on_after(0.5 if self._retry else 5.0):
+                with anyio.move_on_after(0.5 if self._pending and self._spool is None else 5):
                     try:
                         records = await receive.receive()
                     except anyio.EndOfStream:
                         break
-                if self._retry:
-                    await self._resend_failed()
+                if self._spool is None and self._pending:
+                    await self._retry_pending()
                 if records is None:
                     continue
                 while len(records) < _COALESCE:
@@ -172,34 +260,154 @@ class KafkaPublisher:
                         records.extend(receive.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
+                if self._spool is not None and (
+                    (not self._available and self._announced is False)
+                    or self._in_flight_records >= self._max_in_flight
+                ):
+                    # Kafka is down or not keeping up: straight to the spool; the drain
+                    # publishes it when Kafka acknowledges again.
+                    self._pending.extend(records)
+                    continue
                 await self._publish(records)
 
-    async def flush(self, deadline: float) -> list[OutRecord]:
-        """Wait (up to `deadline` seconds) until every submitted record is acked or failed; retry
-        failures while time remains. Returns what is still not delivered."""
-        with anyio.move_on_after(deadline, shield=True):
-            while self._in_flight or self._retry:
-                if self._in_flight:
-                    await self._wait_oldest()
-                    self._prune()
-                elif self._retry:
-                    await self._resend_failed()
-                    if self._retry:
-                        await anyio.sleep(0.2)
-        leftover = list(self._retry)
-        for inflight in self._in_flight:
-            leftover.extend(inflight.records)
-        return leftover
+    async def _retry_pending(self) -> None:
+        retry, self._pending = self._pending, []
+        await self._publish(retry)
 
-    async def _publish(self, records: list[OutRecord]) -> None:
+    async def _spool_loop(self) -> None:
+        while True:
+            await anyio.sleep(self._spool_interval)
+            await self.spool_round()
+
+    async def spool_round(self) -> None:
+        """Write what needs durability, delete what was acked: one transaction each."""
+        spool = self._spool
+        if spool is None:
+            return
+        async with self._spool_lock:
+            if self._acked_seqs:
+                seqs, self._acked_seqs = self._acked_seqs, []
+                await anyio.to_thread.run_sync(spool.delete, seqs)
+            horizon = time.monotonic() - self._spool_interval
+            shadowed = [b for b in self._in_flight
+                        if b.seqs is None and b.records and b.submitted < horizon]
+            pending = self._pending
+            entries = [to_entry(r) for b in shadowed for r in b.records]
+            entries.extend(to_entry(r) for r in pending)
+            if not entries:
+                self._update_spool_metrics()
+                return
+            try:
+                seqs = await anyio.to_thread.run_sync(spool.append, entries)
+            except SpoolFull:
+                if self.spool_room.is_set():
+                    self._log.error("spool.full", spooled=spool.count, bytes=spool.bytes,
+                                    waiting=len(entries))
+                    self.spool_room = anyio.Event()
+                return
+            self._pending = self._pending[len(pending):]
+            i = 0
+            for batch in shadowed:
+                n = len(batch.records)
+                if batch.records:
+                    batch.seqs = seqs[i:i + n]
+                    self._shadow.update(batch.seqs)
+                else:
+                    # Acked while we were writing: its rows can go right away.
+                    self._acked_seqs.extend(seqs[i:i + n])
+                i += n
+            self._update_spool_metrics()
+
+    def _update_spool_metrics(self) -> None:
+        if self._spool is not None:
+            self._metrics.spool_messages.set(self._spool.count)
+            self._metrics.spool_bytes.set(self._spool.bytes)
+
+    async def _drain_loop(self) -> None:
+        """Publish spooled records oldest-first whenever Kafka takes them."""
+        spool = self._spool
+        assert spool is not None
+        while True:
+            drained = 0
+            if spool.count > len(self._shadow):
+                drained = await self._drain_once(spool)
+            if not self.spool_room.is_set() and spool.free_fraction() >= 0.25:
+                # Hysteresis: resume reading X only once a quarter of the spool is free,
+                # so a full spool does not turn into a reconnect storm.
+                self._log.info("spool.room", spooled=spool.count, bytes=spool.bytes)
+                self.spool_room.set()
+            await anyio.sleep(0 if drained else (0.2 if self._available else 1.0))
+
+    async def _drain_once(self, spool: Spool) -> int:
+        async with self._spool_lock:
+            rows = await anyio.to_thread.run_sync(spool.peek, _DRAIN_BATCH + len(self._shadow))
+        rows = [(seq, e) for seq, e in rows if seq not in self._shadow][:_DRAIN_BATCH]
+        if not rows:
+            return 0
+        records = [from_entry(e) for _, e in rows]
+        batches = await self._publish(records, track=False)
+        if not batches:
+            return 0
+        futures = [b.future for b in batches]
+        with anyio.move_on_after(self._kafka.publish_timeout):
+            await asyncio.wait(futures)
+        ok = all(f.done() and not f.cancelled() and f.exception() is None for f in futures)
+        if not ok:
+            for f in futures:
+                if not f.done():
+                    f.cancel()
+            self._set_available(False)
+            return 0
+        self._acked(records)
+        self.stats.drained += len(records)
+        async with self._spool_lock:
+            await anyio.to_thread.run_sync(spool.delete, [seq for seq, _ in rows])
+        self._update_spool_metrics()
+        return len(records)
+
+    # -- shutdown --------------------------------------------------------------------
+
+    async def close(self, deadline: float) -> int:
+        """Wait up to `deadline` s for every in-flight batch; spool whatever is left.
+        Returns how many records are held in the spool (or, with no spool, undelivered)."""
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(deadline):
+                while self._in_flight:
+                    await self._wait_oldest()
+                if self._spool is None:
+                    while self._pending:
+                        await self._retry_pending()
+                        if self._pending:
+                            await anyio.sleep(0.2)
+            # Whatever is still unacknowledged goes to the spool, acked shadows leave it.
+            for batch in self._in_flight:
+                records = self._settle(batch)
+                if batch.seqs is None:
+                    self._pending.extend(records)
+            self._in_flight.clear()
+            if self._spool is not None:
+                await self.spool_round()
+                held = self._spool.count
+            else:
+                held = len(self._pending)
+                self.stats.undelivered = held
+            await self.aclose()
+        return held
+
+    # -- publishing ------------------------------------------------------------------
+
+    async def _publish(self, records: list[OutRecord], *, track: bool = True) -> list[_InFlight]:
         try:
             producer = await self._ensure_producer()
-        except Exception as exc:  # any start failure means "not available"
+        except Exception as exc:  # any start failure: Kafka is not available
             self._log.warning("kafka.start_failed", error=str(exc) or type(exc).__name__)
+            self._metrics.publish_failures.labels(reason="unavailable").inc()
+            if track:
+                self._pending.extend(records)
             self._set_available(False)
-            self._retry.extend(records)
-            return
-        builders: dict[tuple[str, int], Any] = {}
+            return []
+        builders: dict[tuple[str, int], _Batch] = {}
+        submitted: list[_InFlight] = []
         for record in records:
             topic = self._kafka.dlq_topic if record.dlq else self._kafka.topic
             partitions = self._partitions[topic]
@@ -209,45 +417,60 @@ class KafkaPublisher:
             if builder is None:
                 builder = builders[slot] = _Batch(producer.create_batch())
             if not builder.append(record):
-                await self._submit(producer, topic, partition, builder)
+                submitted += await self._submit(producer, topic, partition, builder, track)
                 builder = builders[slot] = _Batch(producer.create_batch())
                 if not builder.append(record):
-                    # Larger than an empty batch can hold: the broker would refuse it.
-                    self._oversize(record)
+                    self._oversize(record)  # larger than an empty batch: the broker refuses it
         for (topic, partition), builder in builders.items():
             if builder.records:
-                await self._submit(producer, topic, partition, builder)
+                submitted += await self._submit(producer, topic, partition, builder, track)
+        return submitted
 
     def _oversize(self, record: OutRecord) -> None:
         self._log.error("kafka.record_too_large", size=len(record.value), tweet_id=record.tweet_id)
         self._metrics.tweets_dlq.labels(reason="oversize").inc()
+        self._metrics.publish_failures.labels(reason="too_large").inc()
 
-    async def _submit(self, producer: AIOKafkaProducer, topic: str, partition: int,
-                      batch: _Batch) -> None:
-        while self._in_flight_records >= self._max_in_flight and self._in_flight:
-            await self._wait_oldest()
+    async def _submit(
+        self, producer: AIOKafkaProducer, topic: str, partition: int, batch: _Batch, track: bool
+    ) -> list[_InFlight]:
+        if track and self._spool is None:
+            # Without a spool, memory is the only buffer: wait for acks to bound it.
+            while self._in_flight_records >= self._max_in_flight and self._in_flight:
+                await self._wait_oldest()
         batch.builder.close()
         try:
             with anyio.fail_after(self._kafka.publish_timeout):
                 future = await producer.send_batch(batch.builder, topic, partition=partition)
-        except Exception as exc:  # KafkaError, timeout: all mean "retry later"
-            self._batch_failed(batch.records, exc)
-            return
+        except Exception as exc:  # KafkaError, timeout: all mean "not now"
+            if track:
+                self._batch_failed(batch.records, exc)
+            else:
+                self._set_available(False)
+            return []
         inflight = _InFlight(batch.records, future)
-        self._in_flight.append(inflight)
-        self._in_flight_records += len(batch.records)
-        future.add_done_callback(lambda f, i=inflight: self._on_done(i))
+        if track:
+            self._in_flight.append(inflight)
+            self._in_flight_records += len(batch.records)
+            future.add_done_callback(lambda f, i=inflight: self._on_done(i))
+        return [inflight]
 
     def _on_done(self, inflight: _InFlight) -> None:
-        # Runs in the event loop when the broker answers (or the send times out).
+        # Runs in the event loop when the broker answers (or the send fails).
         records = self._settle(inflight)
-        if not records:
-            return  # already settled (given up on after publish_timeout)
-        exc = None if inflight.future.cancelled() else inflight.future.exception()
-        if exc is not None:
-            self._batch_failed(records, exc)
-        else:
-            self._acked(records)
+        if records:
+            exc = None if inflight.future.cancelled() else inflight.future.exception()
+            if exc is not None:
+                if inflight.seqs is None:
+                    self._batch_failed(records, exc)
+                else:  # already safe in the spool: the drain publishes it later
+                    self._shadow.difference_update(inflight.seqs)
+                    self._failed(exc)
+            else:
+                self._acked(records)
+                if inflight.seqs is not None:
+                    self._shadow.difference_update(inflight.seqs)
+                    self._acked_seqs.extend(inflight.seqs)
         self._prune()
 
     def _settle(self, inflight: _InFlight) -> list[OutRecord]:
@@ -261,17 +484,20 @@ class KafkaPublisher:
         with anyio.move_on_after(self._kafka.publish_timeout):
             await asyncio.wait([inflight.future])
         if not inflight.future.done():
-            # No answer within the deadline: resend the records ourselves (at least once,
-            # possibly twice if the late ack still arrives).
-            self._batch_failed(self._settle(inflight), TimeoutError("no ack in publish_timeout"))
+            # No answer within the deadline: resend (or spool) the records ourselves.
+            records = self._settle(inflight)
+            if inflight.seqs is None:
+                self._batch_failed(records, TimeoutError("no ack within publish_timeout"))
+            else:
+                self._shadow.difference_update(inflight.seqs)
             inflight.future.cancel()
         self._prune()
 
     def _prune(self) -> None:
-        while self._in_flight and self._in_flight[0].future.done():
+        while self._in_flight and not self._in_flight[0].records:
             self._in_flight.popleft()
 
-    def _acked(self, records: list[OutRecord]) -> None:
+    def _acked(self, records: Sequence[OutRecord]) -> None:
         now = time.monotonic()
         tweets = 0
         tags: collections.Counter[str] = collections.Counter()
@@ -294,32 +520,17 @@ class KafkaPublisher:
             self._on_ack(tweets)
 
     def _batch_failed(self, records: list[OutRecord], exc: BaseException) -> None:
+        self._failed(exc)
+        self._pending.extend(records)
+
+    def _failed(self, exc: BaseException) -> None:
         self.stats.failed_batches += 1
         self._metrics.publish_failures.labels(reason=failure_reason(exc)).inc()
-        self._retry.extend(records)
         self._set_available(False)
-
-    async def _resend_failed(self) -> None:
-        retry, self._retry = self._retry, []
-        await self._publish(retry)
-
-
-def failure_reason(exc: BaseException) -> str:
-    """Map a produce failure onto the fixed label set of publish_failures{reason}."""
-    name = type(exc).__name__
-    if isinstance(exc, TimeoutError) or "Timeout" in name:
-        return "timeout"
-    if "TooLarge" in name:
-        return "too_large"
-    if "Connection" in name or "NotReady" in name or "NoBrokers" in name or isinstance(
-        exc, OSError
-    ):
-        return "unavailable"
-    return "other"
 
 
 class _Batch:
-    """A BatchBuilder plus the records in it (to retry them if the batch fails)."""
+    """A BatchBuilder plus the records in it (to retry or spool them if the batch fails)."""
 
     __slots__ = ("builder", "records")
 
@@ -336,7 +547,3 @@ class _Batch:
             return False
         self.records.append(record)
         return True
-
-
-def records_total(batches: Iterable[list[OutRecord]]) -> int:
-    return sum(len(b) for b in batches)

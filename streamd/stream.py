@@ -106,6 +106,7 @@ class StreamReader:
         *,
         dedup: Deduplicator | None = None,
         on_no_rules: Callable[[], Awaitable[bool]] | None = None,
+        room: Callable[[], anyio.Event] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -115,6 +116,8 @@ class StreamReader:
         self._policy = policy
         self._dedup = dedup
         self._on_no_rules = on_no_rules
+        # The publisher's "spool has room" event: while unset, the reader stays off X.
+        self._room = room
         self._clock = clock
         self._ce_source = settings.kafka.ce_source.encode()
         self._stopping = False
@@ -140,6 +143,9 @@ class StreamReader:
         async with send:
             attempt = 0
             while not self._stopping:
+                await self._wait_for_room()  # e.g. a full spool left by a previous run
+                if self._stopping:
+                    return
                 attempt += 1
                 outcome = await self._session(send, attempt)
                 self._set_connected(False)
@@ -148,6 +154,23 @@ class StreamReader:
                 if self._healthy_since_connect:
                     attempt = 0  # counts connects since the last one that delivered data
                 await self._after_disconnect(outcome, attempt)
+
+    async def _wait_for_room(self) -> None:
+        if self._room is None:
+            return
+        room = self._room()
+        if room.is_set():
+            return
+        self._log.warning("stream.paused", reason=str(Reason.SPOOL_FULL),
+                          detail="spool full: not reading X until it has room")
+        self.in_backoff = True  # waiting on purpose (systemd watchdog)
+        try:
+            with anyio.CancelScope() as scope:
+                self._read_scope = scope
+                await room.wait()
+        finally:
+            self._read_scope = None
+            self.in_backoff = False
 
     async def _after_disconnect(self, c: Classification, attempt: int) -> None:
         fields: dict[str, Any] = {"reason": str(c.reason)}
@@ -161,6 +184,10 @@ class StreamReader:
         self._metrics.stream_disconnects.labels(reason=str(c.reason)).inc()
         self.usage_capped = c.reason is Reason.USAGE_CAP
         self._metrics.usage_capped.set(1 if self.usage_capped else 0)
+        if c.reason is Reason.SPOOL_FULL:
+            # Our own choice, not X's: reconnect as soon as there is room, no backoff.
+            await self._wait_for_room()
+            return
         if c.reason is Reason.NO_RULES and (
             self._on_no_rules is None or not await self._on_no_rules()
         ):
@@ -214,7 +241,10 @@ class StreamReader:
                     self._policy.on_connected()
                     self._log.info("stream.connected", attempt=attempt)
                     last_message = await self._read_body(resp, framer, send, scope)
-                    if last_message is not None and last_message.reason is Reason.STALL:
+                    if last_message is not None and last_message.reason in (
+                        Reason.STALL, Reason.SPOOL_FULL
+                    ):
+                        await self._flush_tail(framer, send)
                         return last_message
             except httpx.HTTPError as exc:
                 await self._flush_tail(framer, send)
@@ -266,6 +296,9 @@ class StreamReader:
                         await send.send(records[i:i + QUEUE_BATCH])
             if read_scope.cancel_called:
                 return last_message
+            if self._room is not None and not self._room().is_set():
+                return Classification(Reason.SPOOL_FULL, 200, None, None, None,
+                                      "spool full: closing the stream until it has room", None)
 
     def _process(
         self, frames: list[bytes | Oversize]

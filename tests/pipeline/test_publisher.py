@@ -43,8 +43,7 @@ def test_publishes_every_record_in_batches_and_routes_dlq(broker, topics) -> Non
                     await send.send([r for r in batch if isinstance(r, OutRecord)])
                 await send.send([r for r in (interpret_line(x, ce_source=b"s") for x in bad)
                                  if isinstance(r, OutRecord)])
-        assert await publisher.flush(10) == []
-        await publisher.aclose()
+        assert await publisher.close(10) == 0
         return publisher
 
     publisher = anyio.run(main)
