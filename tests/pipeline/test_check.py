@@ -3,7 +3,10 @@ the pure judges with a fixed clock and time zone."""
 
 from __future__ import annotations
 
+import io
 import json
+import socket
+import time
 from collections.abc import Iterator
 from datetime import timedelta, timezone
 from pathlib import Path
@@ -17,13 +20,16 @@ from streamd.check import (
     CHECK_NAMES,
     TIER_FIX,
     USER_CONTEXT_FIX,
+    CheckEnv,
     Status,
     XAnswer,
     XProbe,
+    check_command,
     describe_reset,
     judge_rate_limits,
 )
 from streamd.cli import main
+from streamd.config import load_settings
 from streamd.simulator import Simulator, SimulatorConfig
 
 GOOD_TOKEN = "good-T0ken-for-check-tests"
@@ -324,3 +330,26 @@ def test_rate_limits_ok_warn_and_millisecond_resets() -> None:
     assert "exhausted" in exhausted.detail
     assert judge_rate_limits(_answer(), now=RESET).status is Status.WARN
     assert judge_rate_limits(_answer(401), now=RESET).status is Status.SKIP
+
+
+def test_silent_broker_fails_within_the_deadline(
+    sim: Simulator, topics: tuple[str, str], tmp_path: Path,
+) -> None:
+    # A socket that accepts connections (kernel backlog) but never answers a request.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        bootstrap = f"127.0.0.1:{silent.getsockname()[1]}"
+        cfg = config(sim, bootstrap, topics, tmp_path)
+        path = write_toml(tmp_path / "streamd.toml", cfg)
+        out = io.StringIO()
+        started = time.monotonic()
+        code = check_command(load_settings(path), as_json=True, out=out,
+                             env=CheckEnv(kafka_deadline=1.0))
+        elapsed = time.monotonic() - started
+    assert code == 1
+    checks = {c["name"]: c for c in json.loads(out.getvalue())["checks"]}
+    assert checks["kafka"]["status"] == "fail"
+    assert "no answer within 1 s" in checks["kafka"]["detail"]
+    assert checks["topics"]["status"] == "skip"
+    assert elapsed < 5
