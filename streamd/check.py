@@ -207,7 +207,7 @@ def _is_tier_refusal(answer: XAnswer, verdict: Classification) -> bool:
 def _said(answer: XAnswer, verdict: Classification) -> str:
     """`HTTP 403 client-forbidden (client-not-enrolled): detail` — X's words, bounded."""
     parts = [f"HTTP {answer.status}"]
-    if verdict.problem_type:
+    if verdict.problem_type and verdict.problem_type != "about:blank":
         parts.append(verdict.problem_type)
         extra = _body_fields(answer.body).get("reason")
         if isinstance(extra, str) and extra:
