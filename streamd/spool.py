@@ -205,7 +205,14 @@ class Spool:
             # After a checkpoint, cut the log back so an outage's burst does not keep it big.
             conn.execute("PRAGMA journal_size_limit = 67108864")
             conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version == 0:
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            elif version != _SCHEMA_VERSION:
+                raise StreamdError(
+                    f"spool {self.path}: schema version {version}, this streamd knows "
+                    f"{_SCHEMA_VERSION}"
+                )
         except sqlite3.Error as exc:
             conn.close()
             raise StreamdError(f"spool {self.path}: cannot initialise: {exc}") from exc

@@ -201,6 +201,21 @@ def test_spool_full_writes_nothing(tmp_path: Path) -> None:
         assert s.bytes == s.max_bytes
 
 
+def test_disk_full_is_spool_full_and_writes_nothing(spool: Spool) -> None:
+    spool.append([entry(0)])
+    before = everything(spool)
+    # Simulate a full disk: SQLite reports SQLITE_FULL when it may not grow the file.
+    (pages,) = spool._conn.execute("PRAGMA page_count").fetchone()
+    spool._conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(SpoolFull, match="disk full"):
+        spool.append([entry(i, size=20_000) for i in range(1, 20)])
+    assert everything(spool) == before
+    assert (spool.count, spool.bytes) == (1, size_of(entry(0)))
+    spool._conn.execute("PRAGMA max_page_count = 1073741823")
+    spool.append([entry(1)])
+    assert spool.count == 2
+
+
 def test_has_room_and_free_fraction(tmp_path: Path) -> None:
     with Spool(tmp_path, max_bytes=1000) as s:
         assert s.free_fraction() == 1.0
