@@ -30,7 +30,7 @@ from streamd.classify import problem_slug
 from streamd.config import RuleSpec, RulesSettings, Settings
 from streamd.errors import CredentialsError, RulesError
 from streamd.metrics import Metrics
-from streamd.reasons import Reason
+from streamd.reasons import ExitCode, Reason
 
 RULES_PATH = "/2/tweets/search/stream/rules"
 # X documents no per-request limit for `add`; 100 keeps bodies and error lists small while
@@ -78,13 +78,22 @@ class InvalidRule:
 
     def describe(self) -> str:
         tag = f" (tag {self.tag!r})" if self.tag is not None else ""
-        return f"rule {self.value!r}{tag}: " + "; ".join(self.details)
+        # X's details verbatim, one per line when there are several (they end in '.').
+        if len(self.details) == 1:
+            return f"rule {self.value!r}{tag}: {self.details[0]}"
+        return f"rule {self.value!r}{tag}:" + "".join(f"\n    {d}" for d in self.details)
+
+
+_TRANSIENT = frozenset({Reason.NETWORK, Reason.SERVER_ERROR, Reason.RATE_LIMITED})
 
 
 class RulesSyncError(RulesError):
     """The sync failed. `reason` is "rules_cap", "invalid_rules", or the rules endpoints'
     transport condition ("rate_limited", "server_error", "network", "invalid_request").
-    `invalid` lists each offending rule; `applied` says whether the server was changed."""
+    `invalid` lists each offending rule; `applied` says whether the server was changed.
+
+    The transport conditions exit 70, not 78: they are transient, and 78 (like 77) tells
+    systemd not to restart (RestartPreventExitStatus)."""
 
     def __init__(
         self,
@@ -95,6 +104,8 @@ class RulesSyncError(RulesError):
         applied: bool = False,
     ) -> None:
         self.reason = reason
+        if reason in _TRANSIENT:
+            self.exit_code = ExitCode.INTERNAL
         self.summary = summary
         self.invalid = tuple(invalid)
         self.applied = applied
@@ -427,7 +438,9 @@ class RulesApi:
     ) -> httpx.Response:
         failure = ""
         reason: str = Reason.NETWORK
+        delay = 0.0  # before the next attempt; none after the last one
         for attempt in range(self._max_attempts):
+            await self._wait(delay, failure)
             await self._wait_for_window(endpoint)
             self.requests += 1
             try:
@@ -436,7 +449,7 @@ class RulesApi:
                 )
             except httpx.TransportError as exc:
                 reason, failure = Reason.NETWORK, f"{type(exc).__name__}: {exc}"
-                await self._wait(self._backoff(attempt), failure)
+                delay = self._backoff(attempt)
                 continue
             self._note_window(endpoint, response.headers)
             status = response.status_code
@@ -448,13 +461,13 @@ class RulesApi:
             if status in (420, 429):
                 window = self._windows[endpoint]
                 until_reset = (window.reset - self._clock()) if window.reset else 0.0
-                window.remaining = None  # the wait below covers it
+                window.remaining = None  # the delay below covers it
                 reason, failure = Reason.RATE_LIMITED, f"{endpoint} answered {status}"
-                await self._wait(max(until_reset + 1.0, self._backoff(attempt)), failure)
+                delay = max(until_reset + 1.0, self._backoff(attempt))
                 continue
             if status >= 500:
                 reason, failure = Reason.SERVER_ERROR, f"{endpoint} answered {status}"
-                await self._wait(self._backoff(attempt), failure)
+                delay = self._backoff(attempt)
                 continue
             return response
         raise RulesSyncError(reason, f"gave up after {self._max_attempts} attempts: {failure}")
@@ -557,31 +570,48 @@ async def _validate(api: RulesApi, plan: RulesPlan) -> None:
         )
 
 
-async def _apply(api: RulesApi, plan: RulesPlan) -> tuple[list[ServerRule], int]:
-    """Run the plan's steps; returns (created rules, deleted count)."""
-    created: list[ServerRule] = []
-    deleted = 0
+@dataclass
+class _Progress:
+    created: list[ServerRule] = field(default_factory=list)
+    deleted: int = 0
+
+    def partly(self) -> str:
+        return (f"added {len(self.created)}, deleted {self.deleted} before stopping; the "
+                "server's rules are partly synced")
+
+
+async def _apply(api: RulesApi, plan: RulesPlan) -> _Progress:
+    """Run the plan's steps. A failure part-way says how far it got (`applied`)."""
+    done = _Progress()
+    try:
+        await _run_steps(api, plan, done)
+    except RulesSyncError as exc:
+        if exc.applied or not (done.created or done.deleted):
+            raise
+        raise RulesSyncError(
+            exc.reason, f"{exc.summary} ({done.partly()})", exc.invalid, applied=True
+        ) from exc
+    return done
+
+
+async def _run_steps(api: RulesApi, plan: RulesPlan, done: _Progress) -> None:
     tags = {r.value: r.tag for r in plan.to_add}
     for step in plan.steps():
         if step.action == "delete":
             for id_batch in batches([r.id for r in step.delete], DELETE_BATCH):
-                deleted += (await api.delete(id_batch, dry_run=False)).deleted
+                done.deleted += (await api.delete(id_batch, dry_run=False)).deleted
             continue
         for batch in batches(step.add, ADD_BATCH):
             outcome = await api.add(batch, dry_run=False)
-            created += outcome.created
+            done.created += outcome.created
             invalid, capped = _invalid_from_errors(
                 outcome.errors, tags, expected_duplicates=frozenset()
             )
             if capped or invalid:
                 raise RulesSyncError(
                     Reason.RULES_CAP if capped else INVALID_RULES,
-                    f"X refused rules while applying (added {len(created)}, deleted "
-                    f"{deleted} so far); the server's rules are now partly synced",
-                    invalid,
-                    applied=bool(created or deleted),
+                    "X refused rules while applying", invalid,
                 )
-    return created, deleted
 
 
 async def sync_rules(
@@ -619,7 +649,8 @@ async def sync_rules(
     if not plan.in_sync:
         await _validate(api, plan)
         if not dry_run:
-            created, deleted = await _apply(api, plan)
+            done = await _apply(api, plan)
+            created, deleted = done.created, done.deleted
     active = plan.server_count if dry_run else plan.server_count + len(created) - deleted
     metrics.rules_active.set(active)
     result = SyncResult(

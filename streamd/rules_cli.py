@@ -35,6 +35,10 @@ from streamd.rules import (
 from streamd.stream import make_client
 
 DIFF_EXIT = 1
+
+# The daemon retries a failing rules endpoint for about 30 s; a person at a terminal
+# should hear about an unreachable server in seconds (1 + 2 + 4 s of backoff).
+CLI_MAX_ATTEMPTS = 4
 ACTIONS = ("list", "diff", "sync")
 
 
@@ -194,7 +198,7 @@ def rules_command(
     as_json: bool,
     out: TextIO | None = None,
     err: TextIO | None = None,
-    api_factory: Callable[[Any], RulesApi] = RulesApi,
+    api_factory: Callable[[Any], RulesApi] | None = None,
 ) -> int:
     """`streamd rules ACTION`: runs its own event loop; returns the exit code."""
     stdout = sys.stdout if out is None else out
@@ -207,7 +211,9 @@ def rules_command(
         token = settings.x.resolve_bearer_token()
         metrics = Metrics()
         async with make_client(settings, token) as client:
-            api = api_factory(client)
+            api = api_factory(client) if api_factory else RulesApi(
+                client, max_attempts=CLI_MAX_ATTEMPTS
+            )
             return await run_rules_action(
                 api, settings, action, dry_run=dry_run, as_json=as_json, out=stdout,
                 metrics=metrics,

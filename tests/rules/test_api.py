@@ -153,3 +153,18 @@ def test_400_is_invalid_request_with_message(fake_x: FakeX, make_api: MakeApi) -
 
 def test_server_rule_key() -> None:
     assert ServerRule("1", "cat", "cats").key == ("cat", "cats")
+
+
+def test_unreachable_server_is_transient_exit_70(clock: FakeClock) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    client = httpx.AsyncClient(base_url="https://x.test", transport=httpx.MockTransport(refuse))
+    api = RulesApi(client, sleep=clock.sleep, clock=clock, max_attempts=4)
+    with pytest.raises(RulesSyncError) as caught:
+        anyio.run(api.list_rules)
+    assert caught.value.reason == "network"
+    # 78 would stop systemd from restarting (RestartPreventExitStatus=77 78).
+    assert caught.value.exit_code == 70
+    assert clock.slept == [1.0, 2.0, 4.0]  # no wait after the last attempt
+    assert RulesSyncError("invalid_rules", "x").exit_code == 78

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from rules_fakes import FakeX
 from structlog.testing import capture_logs
@@ -185,3 +186,23 @@ def test_empty_configuration_in_sync_mode_deletes_everything(fake_x: FakeX,
     result = run_sync(make_api(), settings())
     assert fake_x.rules == {}
     assert not result  # no rules on the server: a connect would get 409
+
+
+def test_failure_part_way_says_the_server_was_changed(fake_x: FakeX, make_api: MakeApi) -> None:
+    fake_x.seed(("old", None))
+    inner = fake_x.handler
+
+    def fail_deletes(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and b"delete" in request.content:
+            fake_x.requests.append(request)
+            return httpx.Response(503, json={"title": "Service Unavailable"})
+        return inner(request)
+
+    fake_x.handler = fail_deletes  # type: ignore[method-assign]
+    with pytest.raises(RulesSyncError) as caught:
+        run_sync(make_api(max_attempts=2), settings(("cat", None)))
+    error = caught.value
+    assert (error.reason, error.applied, error.exit_code) == ("server_error", True, 70)
+    assert "added 1, deleted 0 before stopping" in str(error)
+    assert "no rule was changed" not in str(error)
+    assert fake_x.pairs() == [("cat", None), ("old", None)]
