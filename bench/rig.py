@@ -1,0 +1,300 @@
+"""The processes a benchmark drives: the simulator, the daemon, RSS/CPU sampling, /metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil  # type: ignore[import-untyped]
+
+from streamd.broker import LocalBroker
+
+TOKEN = "test-token"
+# Tagged: tweepy's StreamResponse parsing raises KeyError('tag') on untagged matching_rules.
+RULE = "bench tweets:bench"
+
+# The stream parameters every client asks for, so all of them read the same 1-4 KB tweets
+# (about 1.7 KB on average with these fields, up to ~3 KB).
+TWEET_FIELDS = [
+    "created_at", "author_id", "lang", "entities", "public_metrics", "conversation_id",
+    "context_annotations", "referenced_tweets", "attachments", "possibly_sensitive",
+    "reply_settings", "source", "edit_history_tweet_ids",
+]
+EXPANSIONS = ["author_id", "attachments.media_keys", "referenced_tweets.id",
+              "entities.mentions.username"]
+USER_FIELDS = ["username", "name", "verified", "description", "public_metrics", "created_at",
+               "profile_image_url", "location", "url"]
+MEDIA_FIELDS = ["type", "url", "width", "height", "alt_text"]
+
+
+def stream_params() -> dict[str, str]:
+    return {
+        "tweet.fields": ",".join(TWEET_FIELDS),
+        "expansions": ",".join(EXPANSIONS),
+        "user.fields": ",".join(USER_FIELDS),
+        "media.fields": ",".join(MEDIA_FIELDS),
+    }
+
+
+def stream_url(base: str) -> str:
+    return f"{base}/2/tweets/search/stream"
+
+
+# --- the simulator -----------------------------------------------------------------------
+
+
+class SimulatorProc:
+    """`python -m streamd.simulator` in its own process (its own GIL), match_all, one rule."""
+
+    def __init__(self, *, rate: float, total: int | None, workdir: Path, name: str) -> None:
+        cmd = [
+            sys.executable, "-m", "streamd.simulator", "--port", "0",
+            "--rate", "inf" if math.isinf(rate) else str(rate),
+            "--match-all", "--rule", RULE, "--heartbeat", "5",
+        ]
+        if total is not None:
+            cmd += ["--total", str(total)]
+        self._log = open(workdir / f"{name}.simulator.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        self.url = ""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline().decode()
+            if not line:
+                raise RuntimeError(f"simulator exited: see {self._log.name}")
+            match = re.search(r"listening on (\S+)", line)
+            if match:
+                self.url = match.group(1)
+                break
+        if not self.url:
+            raise RuntimeError("simulator did not start")
+
+    def configure(self, **settings: Any) -> None:
+        resp = httpx.post(f"{self.url}/_simulator/config", json=settings, timeout=10)
+        resp.raise_for_status()
+
+    def sent(self) -> int:
+        resp = httpx.get(f"{self.url}/_simulator/state", timeout=10)
+        return int(resp.json()["sent_tweets"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+@contextmanager
+def simulator(*, rate: float, total: int | None, workdir: Path,
+              name: str) -> Iterator[SimulatorProc]:
+    sim = SimulatorProc(rate=rate, total=total, workdir=workdir, name=name)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+# --- the daemon --------------------------------------------------------------------------
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def daemon_config(api_url: str, bootstrap: str, topic: str, workdir: Path) -> str:
+    """The production defaults (zstd, linger 5 ms, acks=all, queue 10k), pointed at the
+    simulator and Tansu (no idempotence: Tansu's memory store lacks it)."""
+    config: dict[str, dict[str, Any]] = {
+        "x": {"api_url": api_url, "bearer_token": TOKEN, "tweet_fields": TWEET_FIELDS,
+              "expansions": EXPANSIONS, "user_fields": USER_FIELDS,
+              "media_fields": MEDIA_FIELDS},
+        "rules": {"mode": "off"},
+        "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "dlq_topic": f"{topic}.dlq",
+                  "enable_idempotence": False, "compression": "zstd", "linger_ms": 5,
+                  "acks": "all"},
+        "spool": {"dir": str(workdir / f"{topic}.spool")},
+        "http": {"listen": "127.0.0.1:0"},
+        "log": {"level": "info", "format": "json"},
+    }
+    lines: list[str] = []
+    for section, values in config.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml(value)}" for key, value in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def new_topic(broker: LocalBroker, name: str) -> str:
+    broker.create_topic(name, partitions=3)
+    broker.create_topic(f"{name}.dlq", partitions=1)
+    return name
+
+
+@dataclass
+class DaemonProc:
+    """`streamd run -c CONFIG` (or the exact-latency shim) as a child process."""
+
+    config_path: Path
+    module: str = "streamd"
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] = field(init=False)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    connected_at: float | None = None
+    cpu_at_connect: float | None = None
+    port: int | None = None
+
+    def __post_init__(self) -> None:
+        env = {**os.environ, **self.env}
+        env.pop("NOTIFY_SOCKET", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module, "run", "-c", str(self.config_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        self.ps = psutil.Process(self.proc.pid)
+        self._ready = threading.Event()
+        self._connected = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            self.events.append(event)
+            name = event.get("event")
+            if name == "stream.connected" and self.connected_at is None:
+                self.connected_at = time.monotonic()
+                self.cpu_at_connect = cpu_seconds(self.ps)
+                self._connected.set()
+            elif name == "http.listening":
+                self.port = int(event["port"])
+                self._ready.set()
+
+    def wait_connected(self, timeout: float = 30) -> None:
+        if not self._connected.wait(timeout):
+            raise RuntimeError(f"daemon did not connect: {self.events[-5:]}")
+        self._ready.wait(timeout)
+
+    def metrics(self) -> dict[str, float]:
+        resp = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10)
+        return parse_metrics(resp.text)
+
+    def published(self) -> int:
+        return int(self.metrics().get("streamd_tweets_published_total", 0))
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait(10)
+
+
+def cpu_seconds(ps: psutil.Process) -> float:
+    times = ps.cpu_times()
+    return float(times.user + times.system)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM: the kernel's high-water mark of resident memory since the process started."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def rss_mb(ps: psutil.Process) -> float:
+    return float(ps.memory_info().rss) / (1 << 20)
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> {"name{labels}": value} (labels kept verbatim)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if match:
+            out[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return out
+
+
+def latency_buckets(metrics: dict[str, float]) -> list[tuple[float, float]]:
+    """Cumulative (upper bound, count) pairs of streamd_publish_latency_seconds."""
+    out: list[tuple[float, float]] = []
+    for key, value in metrics.items():
+        match = re.match(r'streamd_publish_latency_seconds_bucket\{le="([^"]+)"\}', key)
+        if match:
+            out.append((float(match.group(1)), value))
+    return sorted(out)
+
+
+class RssSampler:
+    """RSS of one process every `interval` seconds, in a background thread."""
+
+    def __init__(self, ps: psutil.Process, interval: float = 0.5) -> None:
+        self.ps = ps
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []  # (monotonic, MB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.monotonic(), rss_mb(self.ps)))
+            except psutil.Error:
+                return
+            self._stop.wait(self.interval)
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [mb for at, mb in self.samples if start <= at <= end]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+def load_average() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f}/{five:.2f}"
