@@ -8,6 +8,7 @@ from typing import Any
 
 from streamd.simulator.config import TIERS
 from streamd.simulator.records import Rule
+from streamd.simulator.rule_syntax import RuleSyntaxError, compile_rule
 from streamd.simulator.state import SimulatorState
 
 SETTABLE = (
@@ -19,22 +20,18 @@ SETTABLE = (
 def add_rules(state: SimulatorState, items: Iterable[tuple[str, str | None]]) -> list[str]:
     """Server-side add that bypasses HTTP, tier limits and rate limits; returns the ids of the
     new rules in order (an existing identical value returns the existing id)."""
-    ids: list[str] = []
+    pairs = list(items)
+    for value, _ in pairs:
+        try:
+            compile_rule(value, 0)
+        except RuleSyntaxError as exc:
+            raise ValueError(f"invalid rule {value!r}: {exc.details}") from None
     with state.lock:
-        for value, tag in items:
-            answer = state.rules.add(
-                [(value, tag)], host=state.config.problem_host, max_rules=10**9,
-                max_length=10**9,
-            )
-            created = answer.body.get("data")
-            if created:
-                ids.append(created[0]["id"])
-                continue
-            error = answer.body["errors"][0]
-            if error.get("title") == "DuplicateRule":
-                ids.append(error["id"])
-                continue
-            raise ValueError(f"invalid rule {value!r}: {error.get('details')}")
+        # One add for the whole list: every add snapshots the rule set for the matcher.
+        state.rules.add(
+            pairs, host=state.config.problem_host, max_rules=10**9, max_length=0,
+        )
+        ids = [state.rules.id_for_value(value) for value, _ in pairs]
     state.wake_all()
     return ids
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from streamd.simulator.replay import ReplayItem
+from streamd.simulator.rule_syntax import TweetFeatures
 from streamd.simulator.rules import ActiveRules
 from streamd.simulator.snowflake import IdSource, snowflake_ms
 from streamd.simulator.state import SimulatorState
@@ -66,6 +67,8 @@ class Feed:
         self._heads: dict[tuple[FieldSelection, str], dict[int, bytes]] = {}
         self._ts_cache: tuple[int, bytes] = (-1, b"")
         self._match_all_seen: bool | None = None
+        self._indexed_version = -1
+        self._indexed: tuple[dict[str, list[int]], list[int]] = ({}, [])
 
     # --- cursors ------------------------------------------------------------------------
 
@@ -132,14 +135,32 @@ class Feed:
             self._compute_eligible(active)
         return active
 
-    def _match(self, active: ActiveRules, features: object) -> list[tuple[str, str | None]]:
+    def _index(self, active: ActiveRules) -> tuple[dict[str, list[int]], list[int]]:
+        """Plain-keyword rules by word, and the positions of all other rules."""
+        if self._indexed_version != active.version:
+            by_word: dict[str, list[int]] = {}
+            others: list[int] = []
+            for position, keyword in enumerate(active.keywords):
+                if keyword is None:
+                    others.append(position)
+                else:
+                    by_word.setdefault(keyword, []).append(position)
+            self._indexed = (by_word, others)
+            self._indexed_version = active.version
+        return self._indexed
+
+    def _match(self, active: ActiveRules, features: TweetFeatures | None) -> list[
+        tuple[str, str | None]
+    ]:
+        rules = active.rules
         if self.state.settings.match_all:
-            return [(rule.id, rule.tag) for rule in active.rules]
-        return [
-            (rule.id, rule.tag)
-            for rule, predicate in zip(active.rules, active.predicates, strict=True)
-            if predicate(features)  # type: ignore[arg-type]
-        ]
+            return [(rule.id, rule.tag) for rule in rules]
+        if features is None:
+            return []
+        by_word, others = self._index(active)
+        hits = [position for word in features.words for position in by_word.get(word, ())]
+        hits.extend(p for p in others if active.predicates[p](features))
+        return [(rules[p].id, rules[p].tag) for p in sorted(set(hits))]
 
     def _compute_eligible(self, active: ActiveRules) -> None:
         self._match_all_seen = self.state.settings.match_all

@@ -11,7 +11,12 @@ from typing import Any
 
 from streamd.simulator import problems
 from streamd.simulator.records import Rule
-from streamd.simulator.rule_syntax import Predicate, RuleSyntaxError, compile_rule
+from streamd.simulator.rule_syntax import (
+    Predicate,
+    RuleSyntaxError,
+    compile_rule,
+    plain_keyword,
+)
 from streamd.simulator.snowflake import snowflake_now
 from streamd.simulator.timefmt import iso_now
 
@@ -38,6 +43,7 @@ class ActiveRules:
     version: int
     rules: tuple[Rule, ...]
     predicates: tuple[Predicate, ...]
+    keywords: tuple[str | None, ...]  # see rule_syntax.plain_keyword
 
 
 @dataclass(frozen=True)
@@ -57,13 +63,16 @@ class RuleStore:
         self._last_id = 0
         self._version = 0
         # (effective_at, ActiveRules), oldest first; the matcher uses the newest effective.
-        self._history: list[tuple[float, ActiveRules]] = [(0.0, ActiveRules(0, (), ()))]
+        self._history: list[tuple[float, ActiveRules]] = [(0.0, ActiveRules(0, (), (), ()))]
         self.propagation_delay = 0.0
 
     # --- reads ---------------------------------------------------------------------------
 
     def all(self) -> list[Rule]:
         return list(self._rules.values())
+
+    def id_for_value(self, value: str) -> str:
+        return self._by_value[value]
 
     def __len__(self) -> int:
         return len(self._rules)
@@ -98,7 +107,10 @@ class RuleStore:
         self._version += 1
         rules = tuple(self._rules.values())
         snapshot = ActiveRules(
-            self._version, rules, tuple(self._predicates[r.id] for r in rules)
+            self._version,
+            rules,
+            tuple(self._predicates[r.id] for r in rules),
+            tuple(plain_keyword(r.value) for r in rules),
         )
         self._history.append((self._clock() + self.propagation_delay, snapshot))
 

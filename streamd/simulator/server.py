@@ -128,6 +128,16 @@ class Simulator:
             return
         self.state.stopping = True
         self.state.wake_all()
+        # Streams end cleanly at their next step; one blocked on a reader that stopped
+        # reading would wait for the slow-reader timeout, so abort it after a grace period.
+        deadline = time.monotonic() + 1.0
+        while self.active_connections() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        loop = self.state.loop
+        for session in self.state.open_sessions():
+            if session.transport is not None and loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(session.transport.abort)
         self._server.should_exit = True
         self._thread.join(timeout)
         if self._thread.is_alive():
