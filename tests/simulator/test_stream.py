@@ -279,3 +279,45 @@ def test_bad_parameters_get_invalid_request(
     assert body["detail"] == "One or more parameters to your request was invalid."
     assert [list(e["parameters"]) for e in body["errors"]] == [[parameter]]
     assert all(isinstance(e["message"], str) for e in body["errors"])
+
+
+def test_start_time_recovery_replays_the_window_then_closes(
+    make_simulator: Callable[..., Simulator],
+) -> None:
+    sim = make_simulator(tier="enterprise", match_all=True, tweets_per_second=200.0)
+    sim.add_rules([("cat", None)])
+    with open_stream(sim) as (_, reader):
+        reader.wait_tweets(5)
+    assert sim.wait_connections(0, 3.0)
+    sent = [s.id for s in sim.sent_tweets()]
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    with open_stream(sim, {"start_time": start}) as (_, reader):
+        assert reader.wait_end(3.0)
+    assert [t["data"]["id"] for t in reader.tweets()] == sent
+
+
+def test_many_keyword_rules_match_quickly(make_simulator: Callable[..., Simulator]) -> None:
+    sim = make_simulator(tier="enterprise", tweets_per_second=500.0)
+    ids = sim.add_rules([(f"word{i}", None) for i in range(20000)] + [("cat OR dog", "pets")])
+    assert len(ids) == 20001
+    started = time.monotonic()
+    with open_stream(sim) as (_, reader):
+        tweets = reader.wait_tweets(3)
+    assert time.monotonic() - started < 5.0
+    assert all(t["matching_rules"] == [{"id": ids[-1], "tag": "pets"}] for t in tweets)
+
+
+def test_context_manager_and_stop_with_a_reader_that_never_reads() -> None:
+    import socket
+
+    from streamd.simulator import SimulatorConfig
+
+    with Simulator(SimulatorConfig(tweets_per_second=float("inf"), match_all=True)) as sim:
+        sim.add_rules(["cat"])
+        sock = socket.create_connection(("127.0.0.1", sim.port))
+        sock.sendall(b"GET /2/tweets/search/stream HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer test-token\r\n\r\n")
+        assert sim.wait_sent(1000, 5.0)
+        started = time.monotonic()
+    assert time.monotonic() - started < 3.0
+    sock.close()
