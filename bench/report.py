@@ -98,11 +98,19 @@ def _throughput(e2e: Any, ceil: Any, peers: Any) -> list[str]:
     if e2e:
         out += ["", "Daemon resources over the same window (psutil on the daemon pid, from "
                 "stream.connected to published == N):", "",
-                "| CPU s | CPU s / 10k tweets | CPU utilisation | peak RSS (VmHWM) | load |",
-                "|---:|---:|---:|---:|---|",
+                "| CPU s | CPU s / 10k tweets | CPU utilisation | waiting for a CPU | "
+                "peak RSS (VmHWM) | load |",
+                "|---:|---:|---:|---:|---:|---|",
                 f"| {_f(e2e['cpu_seconds'], 2)} | {_f(e2e['cpu_per_10k'], 3)} | "
-                f"{_f(e2e['cpu_util'] * 100)} % of one core | {_f(e2e['peak_rss_mb'], 1)} MB | "
-                f"{e2e['load']} |"]
+                f"{_f(e2e['cpu_util'] * 100)} % of one core | "
+                f"{_f(e2e['runqueue_wait'], 2)} s "
+                f"({_f(e2e['runqueue_wait'] / e2e['seconds'] * 100)} % of wall) | "
+                f"{_f(e2e['peak_rss_mb'], 1)} MB | {e2e['load']} |",
+                "", "Waiting for a CPU = runnable but not running (schedstat, all daemon "
+                "threads): the share of the window the machine's other load took from the "
+                "daemon. CPU-bound ceiling of this daemon build = 10,000 / (CPU s per 10k) = "
+                f"{_f(10_000 / e2e['cpu_per_10k'] if e2e['cpu_per_10k'] else math.nan)} "
+                "tweets/s on one core of this CPU."]
     loads = [f"{name}: {part['load']}" for name, part in (("ceilings", ceil), ("peers", peers))
              if part]
     if loads:
@@ -203,11 +211,13 @@ def _targets(results: dict[str, Any]) -> list[str]:
 
 def _profile(prof: dict[str, Any]) -> list[str]:
     out = ["", "## Daemon profile at full speed (py-spy)", "",
-           f"`py-spy record --rate 200 --format raw --function` on the daemon pid over a "
-           f"separate full-speed end-to-end run ({prof['samples']:,} on-CPU samples; that "
+           f"`py-spy record --idle --rate 200 --format raw --function` on the daemon pid "
+           f"over a separate full-speed end-to-end run ({prof['samples']:,} busy samples; that "
            f"run's rate under the sampler: {_f(prof.get('rate'))} tweets/s, not the "
-           "throughput figure). Self = the function itself on CPU; inclusive = it or its "
-           "callees (entry points above 90 % omitted).", "",
+           "throughput figure). The event loop (main thread) was idle in epoll for "
+           f"**{_f(prof.get('main_idle_pct'))} %** of its samples. Self = the function itself "
+           "on CPU; inclusive = it or its callees (entry points above 90 % omitted); both as "
+           "% of busy samples (waits excluded).", "",
            "| self % | function |", "|---:|---|"]
     out += [f"| {pct:.1f} | `{name}` |" for name, pct in prof["self"]]
     out += ["", "| inclusive % | function |", "|---:|---|"]

@@ -170,6 +170,7 @@ class DaemonProc:
     events: list[dict[str, Any]] = field(default_factory=list)
     connected_at: float | None = None
     cpu_at_connect: float | None = None
+    wait_at_connect: float = 0.0
     port: int | None = None
 
     def __post_init__(self) -> None:
@@ -199,6 +200,7 @@ class DaemonProc:
             if name == "stream.connected" and self.connected_at is None:
                 self.connected_at = time.monotonic()
                 self.cpu_at_connect = cpu_seconds(self.ps)
+                self.wait_at_connect = runqueue_wait_seconds(self.proc.pid)
                 self._connected.set()
             elif name == "http.listening":
                 self.port = int(event["port"])
@@ -229,6 +231,18 @@ class DaemonProc:
 def cpu_seconds(ps: psutil.Process) -> float:
     times = ps.cpu_times()
     return float(times.user + times.system)
+
+
+def runqueue_wait_seconds(pid: int) -> float:
+    """Time the process's threads spent runnable but waiting for a CPU (schedstat field 2,
+    summed over threads): on a shared machine this is the contention a run suffered."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -23,6 +23,7 @@ from bench.rig import (
     load_average,
     new_topic,
     peak_rss_mb,
+    runqueue_wait_seconds,
     simulator,
 )
 from streamd.broker import LocalBroker
@@ -68,7 +69,7 @@ def e2e(broker: LocalBroker, n: int, workdir: Path, *, profile_out: Path | None 
             if profile_out is not None:
                 spy = subprocess.Popen(
                     [py_spy_binary(), "record", "--pid", str(daemon.proc.pid), "--rate", "200",
-                     "--format", "raw", "--function", "--output", str(profile_out)],
+                     "--idle", "--format", "raw", "--function", "--output", str(profile_out)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )
             sampler = RssSampler(daemon.ps)
@@ -82,6 +83,7 @@ def e2e(broker: LocalBroker, n: int, workdir: Path, *, profile_out: Path | None 
                 time.sleep(0.05)
             end = time.monotonic()
             cpu = cpu_seconds(daemon.ps) - daemon.cpu_at_connect
+            waited = runqueue_wait_seconds(daemon.proc.pid) - daemon.wait_at_connect
             peak = peak_rss_mb(daemon.proc.pid)
             sampler.stop()
             if spy is not None:
@@ -97,6 +99,7 @@ def e2e(broker: LocalBroker, n: int, workdir: Path, *, profile_out: Path | None 
         "rate": published / seconds if seconds > 0 else math.nan,
         "cpu_seconds": cpu, "cpu_per_10k": cpu / max(published, 1) * 10_000,
         "cpu_util": cpu / seconds if seconds > 0 else math.nan,
+        "runqueue_wait": waited,
         "peak_rss_mb": peak,
         "rss_samples_mb": [round(mb, 1) for _, mb in sampler.samples],
         "load": f"{load_before} -> {load_average()}",
