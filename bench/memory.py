@@ -21,6 +21,13 @@ BASE_RATE = 2_000
 BURST_RATE = 20_000
 
 
+def _event_name(event: dict[str, Any]) -> str:
+    """structlog events have short names; stdlib records routed through it (aiokafka,
+    asyncio) carry their message as the event: keep its first line, shortened."""
+    name = str(event.get("event", "?")).splitlines()[0]
+    return name if len(name) <= 70 else name[:67] + "..."
+
+
 def _window(sampler: RssSampler, start: float, end: float) -> dict[str, float]:
     values = sampler.between(start, end)
     if not values:
@@ -52,26 +59,37 @@ def memory(broker: LocalBroker, workdir: Path, *, baseline: float = 5, burst: fl
             t_pause = time.monotonic()
             published_at_pause = daemon.published()
             events_before = len(daemon.events)
+            spool_series: list[tuple[float, float]] = []
             broker.pause()
             try:
-                time.sleep(pause)
+                until = time.monotonic() + pause
+                while time.monotonic() < until:
+                    spool_series.append(
+                        (time.monotonic(), daemon.metrics().get("streamd_spool_messages", 0))
+                    )
+                    time.sleep(min(2.0, max(0.0, until - time.monotonic())))
             finally:
                 broker.resume()
             t_resume = time.monotonic()
-            events_in_pause = collections.Counter(
-                str(e.get("event")) for e in daemon.events[events_before:]
-            )
+            pause_events = daemon.events[events_before:]
             time.sleep(recover)
             t_end = time.monotonic()
             sim.configure(tweets_per_second=0)
             time.sleep(0.5)
             sent = sim.sent()
             deadline = time.monotonic() + drain_timeout
-            published = daemon.published()
-            while published < sent and time.monotonic() < deadline:
+            metrics = daemon.metrics()
+            while (metrics.get("streamd_tweets_published_total", 0)
+                   < metrics.get("streamd_tweets_received_total", 0)
+                   and time.monotonic() < deadline):
                 time.sleep(0.5)
-                published = daemon.published()
+                metrics = daemon.metrics()
             sampler.stop()
+            disconnects = [
+                {"at_s": round(e["_received_at"] - t0, 1),
+                 **{k: v for k, v in e.items() if k in ("reason", "status", "detail")}}
+                for e in daemon.events if e.get("event") == "stream.disconnected"
+            ]
         finally:
             daemon.stop()
     series = [(round(at - t0, 1), round(mb, 1)) for at, mb in sampler.samples]
@@ -85,8 +103,14 @@ def memory(broker: LocalBroker, workdir: Path, *, baseline: float = 5, burst: fl
         "timeline": {"burst_at": round(t_burst - t0, 1), "burst_end": round(t_burst_end - t0, 1),
                      "pause_at": round(t_pause - t0, 1), "resume_at": round(t_resume - t0, 1)},
         "series": series,
-        "sent": sent, "published": published, "published_at_pause": published_at_pause,
-        "events_in_pause": dict(events_in_pause),
+        "sent": sent,
+        "received": int(metrics.get("streamd_tweets_received_total", 0)),
+        "published": int(metrics.get("streamd_tweets_published_total", 0)),
+        "duplicates": int(metrics.get("streamd_duplicates_dropped_total", 0)),
+        "published_at_pause": published_at_pause,
+        "spool_peak": max((v for k, v in spool_series), default=0),
+        "disconnects": disconnects,
+        "events_in_pause": dict(collections.Counter(_event_name(e) for e in pause_events)),
         "settings": {"baseline": baseline, "burst": burst, "pause": pause, "recover": recover},
         "load": f"{load_before} -> {load_average()}",
     }

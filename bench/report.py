@@ -151,7 +151,11 @@ def _memory(mem: dict[str, Any]) -> list[str]:
         end = w[c].get("end", math.nan) if w.get(c) else math.nan
         return f"| {label} | {_f(start, 1)} | {_f(peak, 1)} | {_f(end, 1)} |"
 
-    lost = mem["sent"] - mem["published"]
+    stream_gap = mem["sent"] - mem["received"]
+    undelivered = mem["received"] - mem["duplicates"] - mem["published"]
+    disconnects = "; ".join(
+        ", ".join(f"{k}={v}" for k, v in d.items()) for d in mem["disconnects"]
+    ) or "none"
     out = ["", "## 5. Memory: daemon RSS through a burst and a broker pause", "",
            f"One daemon, simulator at 2,000 tweets/s; RSS sampled every 0.5 s. Burst: "
            f"20,000 tweets/s for {s['burst']:g} s (at t={tl['burst_at']} s), back to 2,000. "
@@ -164,10 +168,17 @@ def _memory(mem: dict[str, Any]) -> list[str]:
            row(f"{s['pause']:g} s broker pause (end = {s['recover']:g} s after resume)",
                mem["pause"], "before", "during", "after"),
            "",
-           f"Delivery: the simulator sent {mem['sent']:,} tweets, the daemon published "
-           f"{mem['published']:,} ({'none' if lost <= 0 else f'{lost:,}'} missing after the "
-           "drain wait). Daemon log events during the pause: "
-           + (", ".join(f"{k} x{v}" for k, v in sorted(mem["events_in_pause"].items()))
+           f"Delivery: the simulator wrote {mem['sent']:,} tweet lines; the daemon read "
+           f"{mem['received']:,} ({stream_gap:,} written but never read: lost in the socket "
+           f"when the stream dropped, X-side behaviour), dropped {mem['duplicates']:,} "
+           f"duplicates and published {mem['published']:,} "
+           f"({'all it read' if undelivered <= 0 else f'{undelivered:,} read but not acked'}"
+           " after the drain wait). Spool depth peaked at "
+           f"{mem['spool_peak']:,.0f} records during the pause (streamd_spool_messages, polled "
+           f"every 2 s). Stream disconnects: {disconnects}.",
+           "",
+           "Daemon log events during the pause: "
+           + (", ".join(f"`{k}` x{v}" for k, v in sorted(mem["events_in_pause"].items()))
               or "none") + ".",
            f"Spool integrated in streamd/publisher.py at run time: "
            f"{'yes' if spool_integrated() else 'no — this is the in-memory behaviour'}.",

@@ -195,6 +195,7 @@ class DaemonProc:
                 continue
             if not isinstance(event, dict):
                 continue
+            event["_received_at"] = time.monotonic()  # when the bench saw it (monotonic)
             self.events.append(event)
             name = event.get("event")
             if name == "stream.connected" and self.connected_at is None:
