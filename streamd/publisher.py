@@ -291,7 +291,8 @@ class KafkaPublisher:
             horizon = time.monotonic() - self._spool_interval
             shadowed = [b for b in self._in_flight
                         if b.seqs is None and b.records and b.submitted < horizon]
-            pending = self._pending
+            # Take the pending records out now: more may be appended while we write.
+            pending, self._pending = self._pending, []
             entries = [to_entry(r) for b in shadowed for r in b.records]
             entries.extend(to_entry(r) for r in pending)
             if not entries:
@@ -300,12 +301,12 @@ class KafkaPublisher:
             try:
                 seqs = await anyio.to_thread.run_sync(spool.append, entries)
             except SpoolFull:
+                self._pending[:0] = pending  # still ours, oldest first
                 if self.spool_room.is_set():
                     self._log.error("spool.full", spooled=spool.count, bytes=spool.bytes,
                                     waiting=len(entries))
                     self.spool_room = anyio.Event()
                 return
-            self._pending = self._pending[len(pending):]
             i = 0
             for batch in shadowed:
                 n = len(batch.records)
@@ -331,12 +332,16 @@ class KafkaPublisher:
             drained = 0
             if spool.count > len(self._shadow):
                 drained = await self._drain_once(spool)
-            if not self.spool_room.is_set() and spool.free_fraction() >= 0.25:
-                # Hysteresis: resume reading X only once a quarter of the spool is free,
-                # so a full spool does not turn into a reconnect storm.
+            if not self.spool_room.is_set() and self._spool_has_room_again(spool):
                 self._log.info("spool.room", spooled=spool.count, bytes=spool.bytes)
                 self.spool_room.set()
             await anyio.sleep(0 if drained else (0.2 if self._available else 1.0))
+
+    def _spool_has_room_again(self, spool: Spool) -> bool:
+        """Hysteresis: resume reading X only when half the spool is free and what is still
+        waiting in memory fits, so a full spool does not turn into a reconnect storm."""
+        waiting = sum(r.size() for r in self._pending)
+        return spool.free_fraction() >= 0.5 and spool.has_room(waiting)
 
     async def _drain_once(self, spool: Spool) -> int:
         async with self._spool_lock:
@@ -345,25 +350,31 @@ class KafkaPublisher:
         if not rows:
             return 0
         records = [from_entry(e) for _, e in rows]
+        seq_of = {id(record): seq for record, (seq, _) in zip(records, rows, strict=True)}
         batches = await self._publish(records, track=False)
-        if not batches:
-            return 0
-        futures = [b.future for b in batches]
-        with anyio.move_on_after(self._kafka.publish_timeout):
-            await asyncio.wait(futures)
-        ok = all(f.done() and not f.cancelled() and f.exception() is None for f in futures)
-        if not ok:
-            for f in futures:
-                if not f.done():
-                    f.cancel()
+        if batches:
+            with anyio.move_on_after(self._kafka.publish_timeout):
+                await asyncio.wait([b.future for b in batches])
+        # Only rows whose own batch was acknowledged leave the spool; anything else (a
+        # batch that could not be submitted, failed, or got no answer) stays for the next
+        # round: at least once, never "probably".
+        acked: list[OutRecord] = []
+        for batch in batches:
+            future = batch.future
+            if future.done() and not future.cancelled() and future.exception() is None:
+                acked.extend(batch.records)
+            elif not future.done():
+                future.cancel()
+        if len(acked) < len(records):
             self._set_available(False)
+        if not acked:
             return 0
-        self._acked(records)
-        self.stats.drained += len(records)
+        self._acked(acked)
+        self.stats.drained += len(acked)
         async with self._spool_lock:
-            await anyio.to_thread.run_sync(spool.delete, [seq for seq, _ in rows])
+            await anyio.to_thread.run_sync(spool.delete, [seq_of[id(r)] for r in acked])
         self._update_spool_metrics()
-        return len(records)
+        return len(acked)
 
     # -- shutdown --------------------------------------------------------------------
 

@@ -82,7 +82,10 @@ def read_topic(
         while time.monotonic() < deadline:
             if expect is not None and len(out) >= expect:
                 break
-            if expect is None and time.monotonic() - last_new > idle:
+            # "idle" counts from the first record: the first fetch after a broker pause or
+            # restart can take a while, and an early exit would read as "nothing there".
+            first_wait = 15.0 if not out else idle
+            if expect is None and time.monotonic() - last_new > first_wait:
                 break
             for msg in consumer.consume(5000, 0.5):
                 if msg.error():

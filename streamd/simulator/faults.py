@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ STREAM_FAULT_KINDS = (
     "unknown_fields",
     "partial_errors",
     "slow_reader_drop",
+    "raw",
 )
 
 
@@ -33,6 +35,7 @@ class Fault:
     disconnect_type: str = "OperationalDisconnect"
     seconds: float = 0.0
     count: int = 1
+    lines: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in STREAM_FAULT_KINDS:
@@ -63,6 +66,14 @@ class Fault:
     @classmethod
     def split_line(cls) -> Fault:
         return cls("split_line")
+
+    @classmethod
+    def raw(cls, lines: Sequence[bytes]) -> Fault:
+        """Send these exact lines (each gets its "\\r\\n"), e.g. fuzzed garbage. A line
+        must not contain "\\n": the client would frame it as two lines."""
+        if any(b"\n" in line for line in lines):
+            raise ValueError("a raw line must not contain a newline")
+        return cls("raw", lines=tuple(lines))
 
     @classmethod
     def malformed(cls, count: int = 1) -> Fault:

@@ -353,6 +353,10 @@ class StreamSession:
         if kind == "partial_errors":
             self._partial_errors_next += 1
             return
+        if kind == "raw":
+            for line in fault.lines:
+                await self._send_other("raw", line)
+            return
         if kind == "malformed":
             for number in range(fault.count):
                 line = _MALFORMED_LINES[number % len(_MALFORMED_LINES)]
