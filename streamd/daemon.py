@@ -119,6 +119,8 @@ class Daemon:
         dedup = Deduplicator(DEDUP_MAX_IDS, DEDUP_WINDOW_S)
         dedup.preload(await anyio.to_thread.run_sync(
             spool.recent_ids, DEDUP_WINDOW_S, DEDUP_MAX_IDS))
+        self.metrics.spool_messages.set(spool.count)
+        self.metrics.spool_bytes.set(spool.bytes)
         if spool.count:
             self.log.info("spool.found", spooled=spool.count, bytes=spool.bytes,
                           detail="publishing what a previous run left")

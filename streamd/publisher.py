@@ -52,6 +52,10 @@ _partitioner = DefaultPartitioner()
 _COALESCE = 5_000
 # How many spooled records one drain round publishes.
 _DRAIN_BATCH = 2_000
+# The live path never waits longer than this for aiokafka to take a batch: when the
+# accumulator is full (a stalled broker), waiting would stop the reader, and X drops a reader
+# that stops reading. Past this the records go to the spool instead.
+_LIVE_SUBMIT_DEADLINE = 0.25
 
 
 def producer_kwargs(kafka: KafkaSettings, sasl_password: str | None) -> dict[str, Any]:
@@ -170,6 +174,7 @@ class KafkaPublisher:
         self._shadow: set[int] = set()
         self._available = False
         self._announced: bool | None = None
+        self._submit_failed = False
         # Set while the spool has room; replaced by a fresh (unset) event when it fills up,
         # which tells the reader to stop reading X until the drain makes room.
         self.spool_room = anyio.Event()
@@ -419,6 +424,7 @@ class KafkaPublisher:
             return []
         builders: dict[tuple[str, int], _Batch] = {}
         submitted: list[_InFlight] = []
+        self._submit_failed = False
         for record in records:
             topic = self._kafka.dlq_topic if record.dlq else self._kafka.topic
             partitions = self._partitions[topic]
@@ -450,10 +456,28 @@ class KafkaPublisher:
             while self._in_flight_records >= self._max_in_flight and self._in_flight:
                 await self._wait_oldest()
         batch.builder.close()
+        if self._submit_failed:
+            # An earlier batch of this round could not be submitted: do not wait again.
+            if track:
+                self._pending.extend(batch.records)
+            return []
+        deadline = _LIVE_SUBMIT_DEADLINE if track and self._spool is not None else (
+            self._kafka.publish_timeout)
         try:
-            with anyio.fail_after(self._kafka.publish_timeout):
+            with anyio.fail_after(min(deadline, self._kafka.publish_timeout)):
                 future = await producer.send_batch(batch.builder, topic, partition=partition)
-        except Exception as exc:  # KafkaError, timeout: all mean "not now"
+        except TimeoutError:
+            # Backpressure (the partition's previous batch is not sent yet) or a stalled
+            # broker: either way, spool these rather than wait; only failed or unanswered
+            # batches mark Kafka unavailable.
+            self._submit_failed = True
+            if track:
+                self._pending.extend(batch.records)
+            else:
+                self._set_available(False)
+            return []
+        except Exception as exc:  # KafkaError: not now
+            self._submit_failed = True
             if track:
                 self._batch_failed(batch.records, exc)
             else:

@@ -158,8 +158,10 @@ def test_sigkill_while_spooling_then_restart_publishes_the_spool(
     finally:
         own_broker.resume()
     d2 = run_daemon(config, name="again.toml")
-    d2.wait_event("spool.found", timeout=20)
+    found = d2.wait_event("spool.found", timeout=20)[0]["spooled"]
+    assert found >= spool_at_kill
     wait_until(lambda: gauge(d2.port, "streamd_spool_messages") == 0, 60, "spool drained")
+    assert gauge(d2.port, "streamd_tweets_published_total") >= found
     d2.signal(signal.SIGTERM)
     assert d2.wait() == 0
     got = read_topic(own_broker.bootstrap, topics_on[0], idle=3.0, timeout=60)
@@ -171,7 +173,8 @@ def test_sigkill_while_spooling_then_restart_publishes_the_spool(
     where = sorted(pos[m] for m in missing)
     assert len(missing) <= rate * 0.5, (
         f"{len(missing)} of {len(sent_at_kill)} tweets lost by SIGKILL, positions "
-        f"{where[:3]}..{where[-3:]}; killed at spool={spool_at_kill}"
+        f"{where[:3]}..{where[-3:]}; killed at spool={spool_at_kill}; read {len(got)}; "
+        f"d2 published {d2.named('daemon.stopped')}"
     )
     twice = [k for k, n in keys.items() if n > 1]
     # No ack arrived while the broker was paused, so nothing spooled had been published.
