@@ -1,23 +1,17 @@
-"""Shared test rig: a real Tansu broker, an independent consumer, a daemon subprocess."""
+"""Shared test fixtures: a real Tansu broker, fresh topics, daemon child processes."""
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rig import DaemonProcess, write_toml
 
-from streamd.broker import LocalBroker, free_port
+from streamd.broker import LocalBroker
 
 _topic_ids = itertools.count()
 
@@ -46,190 +40,6 @@ def topics(broker: LocalBroker) -> tuple[str, str]:
     return topic, dlq
 
 
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    key: bytes | None
-    value: bytes
-    headers: dict[str, bytes]
-    timestamp_ms: int
-
-
-def read_topic(
-    bootstrap: str, topic: str, *, expect: int | None = None, timeout: float = 30.0,
-    idle: float = 2.0,
-) -> list[Record]:
-    """Everything on `topic`, read by confluent-kafka (an independent client) from offset 0.
-
-    Stops at `expect` records, or after `idle` seconds without a new one, or at `timeout`.
-    """
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": f"verify-{time.monotonic_ns()}",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-    })
-    try:
-        meta = consumer.list_topics(topic, timeout=10)
-        partitions = sorted(meta.topics[topic].partitions)
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        out: list[Record] = []
-        deadline = time.monotonic() + timeout
-        last_new = time.monotonic()
-        while time.monotonic() < deadline:
-            if expect is not None and len(out) >= expect:
-                break
-            # "idle" counts from the first record: the first fetch after a broker pause or
-            # restart can take a while, and an early exit would read as "nothing there".
-            first_wait = 15.0 if not out else idle
-            if expect is None and time.monotonic() - last_new > first_wait:
-                break
-            for msg in consumer.consume(5000, 0.5):
-                if msg.error():
-                    continue
-                last_new = time.monotonic()
-                out.append(Record(
-                    topic=msg.topic(), partition=msg.partition(), key=msg.key(),
-                    value=msg.value(), headers=dict(msg.headers() or []),
-                    timestamp_ms=msg.timestamp()[1],
-                ))
-        return out
-    finally:
-        consumer.close()
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(v)
-
-
-def write_toml(path: Path, config: dict[str, dict[str, Any]]) -> Path:
-    lines: list[str] = []
-    for section, values in config.items():
-        tables = {k: v for k, v in values.items() if isinstance(v, list) and v
-                  and isinstance(v[0], dict)}
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            if key not in tables:
-                lines.append(f"{key} = {_toml_value(value)}")
-        for key, items in tables.items():
-            for item in items:
-                lines.append(f"[[{section}.{key}]]")
-                lines.extend(f"{k} = {_toml_value(v)}" for k, v in item.items())
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
-
-
-def daemon_config(
-    api_url: str, bootstrap: str, topic: str, dlq_topic: str, tmp_path: Path,
-    **overrides: dict[str, Any],
-) -> dict[str, dict[str, Any]]:
-    """A config for tests: small delays, the simulator, the broker, no idempotence (Tansu)."""
-    config: dict[str, dict[str, Any]] = {
-        "x": {"api_url": api_url, "bearer_token": "test-token"},
-        "stream": {"stall_timeout": 5},
-        "rules": {"mode": "off"},
-        "kafka": {
-            "bootstrap_servers": bootstrap, "topic": topic, "dlq_topic": dlq_topic,
-            "enable_idempotence": False, "publish_timeout": 5.0, "flush_timeout": 10.0,
-        },
-        "spool": {"dir": str(tmp_path / "spool")},
-        "http": {"listen": "127.0.0.1:0"},
-        "backoff": {
-            "network_step": 0.1, "network_max": 0.5, "http_initial": 0.2, "http_max": 1.0,
-            "rate_limit_initial": 0.3, "rate_limit_max": 2.0,
-            "usage_cap_initial": 0.4, "usage_cap_max": 2.0, "jitter": 0.0,
-        },
-        "log": {"level": "info", "format": "json"},
-    }
-    for section, values in overrides.items():
-        config.setdefault(section, {}).update(values)
-    return config
-
-
-class DaemonProcess:
-    """`python -m streamd run -c CONFIG` as a child process; JSON log events collected."""
-
-    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
-        self.config_path = config_path
-        self.events: list[dict[str, Any]] = []
-        self.raw_stderr: list[str] = []
-        self._cond = threading.Condition()
-        full_env = {**os.environ, **(env or {})}
-        full_env.pop("NOTIFY_SOCKET", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamd", "run", "-c", str(config_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            env=full_env,
-        )
-        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._reader.start()
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip("\n")
-            with self._cond:
-                self.raw_stderr.append(line)
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    event = None
-                if isinstance(event, dict):
-                    self.events.append(event)
-                self._cond.notify_all()
-
-    def wait_event(
-        self, name: str, pred: Callable[[dict[str, Any]], bool] = lambda e: True,
-        timeout: float = 20.0, count: int = 1,
-    ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                found = [e for e in self.events if e.get("event") == name and pred(e)]
-                if len(found) >= count:
-                    return found
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    tail = "\n".join(self.raw_stderr[-30:])
-                    raise AssertionError(
-                        f"no {count} x {name!r} within {timeout}s; stderr:\n{tail}"
-                    )
-                self._cond.wait(min(left, 0.2))
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        with self._cond:
-            return [e for e in self.events if e.get("event") == name]
-
-    @property
-    def port(self) -> int:
-        return int(self.wait_event("http.listening")[0]["port"])
-
-    def signal(self, sig: int = signal.SIGTERM) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def run_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     procs: list[DaemonProcess] = []
@@ -246,4 +56,13 @@ def run_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         proc.stop()
 
 
-__all__ = ["DaemonProcess", "Record", "daemon_config", "free_port", "read_topic", "write_toml"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Logging is process-global: a test that points it at a captured stream must not leave
+    later tests writing to that (then closed) stream."""
+    yield
+    from streamd.logs import configure_logging
+
+    configure_logging("info", "json")

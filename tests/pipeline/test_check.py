@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import daemon_config, write_toml
+from rig import daemon_config, write_toml
 
 from streamd.broker import LocalBroker, free_port
 from streamd.check import (

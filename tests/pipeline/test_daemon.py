@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import DaemonProcess, daemon_config, read_topic
+from rig import DaemonProcess, daemon_config, read_topic
 
 from streamd.broker import LocalBroker
 from streamd.simulator import ConnectFault, Fault, Simulator, SimulatorConfig

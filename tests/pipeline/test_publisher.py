@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import orjson
 import pytest
-from conftest import read_topic
+from rig import read_topic
 
 from streamd.config import KafkaSettings
 from streamd.logs import get_logger

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import DaemonProcess, daemon_config, read_topic
+from rig import DaemonProcess, daemon_config, read_topic
 
 from streamd.broker import LocalBroker
 from streamd.simulator import Fault, Simulator, SimulatorConfig
