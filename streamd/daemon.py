@@ -8,6 +8,7 @@ the stream stays connected.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import time
@@ -249,4 +250,12 @@ class Daemon:
 
 
 def run_daemon(settings: Settings) -> int:
-    return anyio.run(Daemon(settings).run, backend="asyncio")
+    # uvloop, when installed (`pip install streamd[fast]`), makes socket writes and the loop
+    # itself cheaper; set STREAMD_UVLOOP=0 to opt out.
+    use_uvloop = os.environ.get("STREAMD_UVLOOP", "1") != "0" and _has_uvloop()
+    return anyio.run(Daemon(settings).run, backend="asyncio",
+                     backend_options={"use_uvloop": use_uvloop})
+
+
+def _has_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None

@@ -79,8 +79,11 @@ async def serve_ops(
     sock.bind((host, port))
     sock.listen(128)
     sock.setblocking(False)
+    # log_config=None: uvicorn's default dictConfig would give its loggers their own
+    # handlers and bypass streamd's JSON log lines.
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", access_log=False, http="h11"
+        app, log_level="warning", lifespan="off", access_log=False, http="h11",
+        log_config=None,
     )
     server = _EmbeddedServer(config)
     task_status.started(int(sock.getsockname()[1]))

@@ -30,11 +30,11 @@ from typing import Any, Protocol
 
 import anyio
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from streamd.config import KafkaSettings
 from streamd.metrics import Metrics
+from streamd.partitioner import partition_for
 from streamd.records import OutRecord
 from streamd.spool import Spool, SpoolEntry, SpoolFull
 
@@ -44,8 +44,6 @@ class Logger(Protocol):
     def warning(self, event: str, **kw: Any) -> Any: ...
     def error(self, event: str, **kw: Any) -> Any: ...
 
-
-_partitioner = DefaultPartitioner()
 
 # How many records one publish cycle takes from the queue before submitting: big enough to
 # fill batches at full speed, small enough to keep latency low at 2k tweets/s.
@@ -175,6 +173,7 @@ class KafkaPublisher:
         self._available = False
         self._announced: bool | None = None
         self._submit_failed = False
+        self._round_robin = 0
         # Set while the spool has room; replaced by a fresh (unset) event when it fills up,
         # which tells the reader to stop reading X until the drain makes room.
         self.spool_room = anyio.Event()
@@ -425,10 +424,11 @@ class KafkaPublisher:
         builders: dict[tuple[str, int], _Batch] = {}
         submitted: list[_InFlight] = []
         self._submit_failed = False
+        self._round_robin += 1  # spreads keyless (DLQ) records over rounds
         for record in records:
             topic = self._kafka.dlq_topic if record.dlq else self._kafka.topic
             partitions = self._partitions[topic]
-            partition = _partitioner(record.key, partitions, partitions)
+            partition = partition_for(record.key, partitions, self._round_robin)
             slot = (topic, partition)
             builder = builders.get(slot)
             if builder is None:

@@ -79,6 +79,7 @@ class Simulator:
             interface="asgi3",
             server_header=False,
             access_log=False,
+            log_config=None,  # leave the host process's logging alone
         )
         self._server = _EmbeddedServer(uv_config)
         self._thread = threading.Thread(target=self._run, name="streamd-simulator", daemon=True)

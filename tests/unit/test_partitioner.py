@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as reference
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamd.partitioner import murmur2, partition_for
+
+
+@given(st.binary(max_size=64))
+def test_murmur2_is_bit_identical_to_the_java_client_port(data: bytes) -> None:
+    assert murmur2(data) == reference(data)
+
+
+@given(st.integers(10**17, 10**19 - 1), st.integers(1, 64))
+def test_tweet_ids_land_where_every_kafka_client_puts_them(tweet_id: int, n: int) -> None:
+    key = str(tweet_id).encode()
+    partitions = list(range(n))
+    assert partition_for(key, partitions) == DefaultPartitioner()(key, partitions, partitions)
+
+
+def test_keyless_records_use_the_fallback_index() -> None:
+    assert partition_for(None, [0, 1, 2], 4) == 1
