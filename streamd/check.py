@@ -55,6 +55,7 @@ from streamd.rules import (
     RulesApi,
     ServerRule,
     check_locally,
+    header_number,
     plan_rules,
 )
 from streamd.stream import make_client
@@ -289,16 +290,6 @@ def judge_stream_access(probe: XProbe, token: CheckResult) -> CheckResult:
                    else "no usable answer from the rules endpoint")
 
 
-def _header_number(headers: Mapping[str, str], name: str) -> float | None:
-    raw = headers.get(name)
-    if raw is None:
-        return None
-    try:
-        return float(raw.strip())
-    except ValueError:
-        return None
-
-
 def describe_reset(reset: float, now: float, local_tz: tzinfo | None = None) -> str:
     """`2025-01-02 03:04:05 UTC (05:04:05 CEST local), in 840 s`."""
     utc = datetime.fromtimestamp(reset, UTC)
@@ -316,9 +307,9 @@ def judge_rate_limits(
     answer = probe.answer
     if answer is None or answer.status not in (200, 420, 429):
         return skipped(name, "the token check failed")
-    limit = _header_number(answer.headers, "x-rate-limit-limit")
-    remaining = _header_number(answer.headers, "x-rate-limit-remaining")
-    reset = _header_number(answer.headers, "x-rate-limit-reset")
+    limit = header_number(answer.headers, "x-rate-limit-limit")
+    remaining = header_number(answer.headers, "x-rate-limit-remaining")
+    reset = header_number(answer.headers, "x-rate-limit-reset")
     if limit is None or remaining is None or reset is None:
         return CheckResult(
             name, Status.WARN,

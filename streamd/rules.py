@@ -257,7 +257,7 @@ class DeleteOutcome:
 Sleep = Callable[[float], Awaitable[None]]
 
 
-def _header_number(headers: Mapping[str, str], name: str) -> float | None:
+def header_number(headers: Mapping[str, str], name: str) -> float | None:
     raw = headers.get(name)
     if raw is None:
         return None
@@ -422,8 +422,8 @@ class RulesApi:
         await self._wait(delay + 1.0 if delay > 0 else 0.0, f"{endpoint} window exhausted")
 
     def _note_window(self, endpoint: str, headers: Mapping[str, str]) -> None:
-        remaining = _header_number(headers, "x-rate-limit-remaining")
-        reset = _header_number(headers, "x-rate-limit-reset")
+        remaining = header_number(headers, "x-rate-limit-remaining")
+        reset = header_number(headers, "x-rate-limit-reset")
         window = self._windows[endpoint]
         if remaining is not None:
             window.remaining = int(remaining)

@@ -128,6 +128,32 @@ def daemon_config(
     return config
 
 
+def metric(port: int, name: str, **labels: str) -> float:
+    """One sample from the daemon's /metrics (0 if absent, -1 if unreachable)."""
+    import httpx
+
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return -1.0
+    want = name
+    if labels:
+        want += "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out: {what}")
+
+
 class DaemonProcess:
     """`python -m streamd run -c CONFIG` as a child process; JSON log events collected."""
 

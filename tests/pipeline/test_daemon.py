@@ -8,10 +8,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
-from rig import DaemonProcess, daemon_config, read_topic
+from rig import DaemonProcess, daemon_config, metric, read_topic
 
 from streamd.broker import LocalBroker
 from streamd.simulator import ConnectFault, Fault, Simulator, SimulatorConfig
@@ -30,24 +29,6 @@ def sim() -> Iterator[Simulator]:
     s.add_rules([("cat", "cats")])
     yield s
     s.stop()
-
-
-def metric(port: int, name: str, **labels: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
-    for line in text.splitlines():
-        if line.startswith(want + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_10k_tweets_reach_the_topic_byte_identical(

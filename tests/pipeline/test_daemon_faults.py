@@ -9,9 +9,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from rig import DaemonProcess, daemon_config, read_topic
+from rig import DaemonProcess, daemon_config, metric, read_topic, wait_until
 
 from streamd.broker import LocalBroker
 from streamd.simulator import Fault, Simulator, SimulatorConfig
@@ -39,33 +38,13 @@ def topics_on(own_broker: LocalBroker) -> tuple[str, str]:
     return "t", "t.dlq"
 
 
-def gauge(port: int, name: str) -> float:
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return -1.0
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def poll_max(port: int, name: str, seconds: float) -> float:
     best = 0.0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        best = max(best, gauge(port, name))
+        best = max(best, metric(port, name))
         time.sleep(0.2)
     return best
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out: {what}")
 
 
 def fault_config(sim: Simulator, broker: LocalBroker, topics: tuple[str, str], tmp_path: Path,
@@ -94,7 +73,7 @@ def test_broker_paused_longer_than_the_deadline_loses_nothing(
         own_broker.resume()
     d.wait_event("kafka.recovered", timeout=30)
     assert sim.wait_sent(20_000, timeout=40)
-    wait_until(lambda: gauge(port, "streamd_spool_messages") == 0, 60, "spool emptied")
+    wait_until(lambda: metric(port, "streamd_spool_messages") == 0, 60, "spool emptied")
     # at least once: duplicates may be on the topic, so read until it is idle
     got = read_topic(own_broker.bootstrap, topics_on[0], idle=3.0, timeout=90)
     sent = {t.id for t in sim.sent_tweets()}
@@ -148,11 +127,11 @@ def test_sigkill_while_spooling_then_restart_publishes_the_spool(
     own_broker.pause()
     try:
         d.wait_event("kafka.unavailable", timeout=15)
-        wait_until(lambda: gauge(port, "streamd_spool_messages") > 2000, 20, "spooling")
+        wait_until(lambda: metric(port, "streamd_spool_messages") > 2000, 20, "spooling")
         sim.set_rate(0.0)  # nothing new after the kill: what is missing was lost by the kill
         time.sleep(0.05)
         sent_at_kill = [t.id for t in sim.sent_tweets()]
-        spool_at_kill = gauge(port, "streamd_spool_messages")
+        spool_at_kill = metric(port, "streamd_spool_messages")
         d.proc.send_signal(signal.SIGKILL)
         d.wait()
     finally:
@@ -160,8 +139,8 @@ def test_sigkill_while_spooling_then_restart_publishes_the_spool(
     d2 = run_daemon(config, name="again.toml")
     found = d2.wait_event("spool.found", timeout=20)[0]["spooled"]
     assert found >= spool_at_kill
-    wait_until(lambda: gauge(d2.port, "streamd_spool_messages") == 0, 60, "spool drained")
-    assert gauge(d2.port, "streamd_tweets_published_total") >= found
+    wait_until(lambda: metric(d2.port, "streamd_spool_messages") == 0, 60, "spool drained")
+    assert metric(d2.port, "streamd_tweets_published_total") >= found
     d2.signal(signal.SIGTERM)
     assert d2.wait() == 0
     got = read_topic(own_broker.bootstrap, topics_on[0], idle=3.0, timeout=60)
