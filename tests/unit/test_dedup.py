@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from streamd.dedup import Deduplicator
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_repeat_within_the_window_is_a_duplicate() -> None:
+    d = Deduplicator(10, 60, Clock())
+    assert not d.seen("1790000000000000001")
+    assert d.seen("1790000000000000001")
+    assert not d.seen("1790000000000000002")
+    assert len(d) == 2
+
+
+def test_ids_expire_after_the_window_to_about_a_second() -> None:
+    clock = Clock()
+    d = Deduplicator(1000, 60, clock)
+    d.seen("1")
+    clock.now += 30
+    d.seen("2")
+    clock.now += 31  # "1" is 61 s old, "2" 31 s
+    assert not d.seen("1")
+    assert d.seen("2")
+    clock.now += 62
+    assert not d.seen("2")
+
+
+def test_the_window_never_holds_more_than_max_ids() -> None:
+    d = Deduplicator(3, 900, Clock())
+    for i in range(5):
+        d.seen(str(i))
+    assert len(d) == 3
+    assert not d.seen("0")  # pushed out by count
+    assert d.seen("4")
+
+
+def test_snapshot_and_preload_carry_the_window_across_a_restart() -> None:
+    clock = Clock()
+    d = Deduplicator(100, 900, clock)
+    for i in range(5):
+        d.seen(f"17{i}")
+        clock.now += 2
+    snap = d.snapshot(wall_clock=lambda: 50_000.0)
+    assert [i for i, _ in snap] == [f"17{i}" for i in range(5)]
+    times = [t for _, t in snap]
+    assert times == sorted(times)
+    assert times[-1] <= 50_000.0
+    fresh = Deduplicator(100, 900, Clock())
+    fresh.preload(i for i, _ in snap)
+    assert all(fresh.seen(f"17{i}") for i in range(5))
+
+
+def test_ids_that_are_not_numbers_still_work() -> None:
+    d = Deduplicator(10, 60, Clock())
+    assert not d.seen("abc")
+    assert d.seen("abc")
+    assert not d.seen("007")  # a str of digits is its int: "007" and "7" are one id
+    assert d.seen("7")
