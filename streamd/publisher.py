@@ -156,6 +156,7 @@ class KafkaPublisher:
         self._spool = spool
         self._spool_interval = spool_interval
         self._spool_lock = anyio.Lock()
+        self._producer_lock = anyio.Lock()
         self._sasl_password = sasl_password
         self._max_in_flight = max_in_flight_records
         self._on_ack = on_ack
@@ -213,6 +214,23 @@ class KafkaPublisher:
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is not None:
             return self._producer
+        async with self._producer_lock:  # the warm-up, the consumer and the drain share it
+            if self._producer is None:
+                self._producer = await self._start_producer()
+                # Metadata for both topics came back: Kafka is reachable (for /readyz),
+                # even before the first tweet is acknowledged.
+                self._set_available(True)
+            return self._producer
+
+    async def _warm_up(self) -> None:
+        """Start the producer at once, so readiness reflects Kafka before the first tweet."""
+        try:
+            await self._ensure_producer()
+        except Exception as exc:  # not reachable yet: the publish path retries
+            self._log.warning("kafka.start_failed", error=str(exc) or type(exc).__name__)
+            self._set_available(False)
+
+    async def _start_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(**producer_kwargs(self._kafka, self._sasl_password))
         try:
             with anyio.fail_after(self._kafka.publish_timeout):
@@ -225,7 +243,6 @@ class KafkaPublisher:
             with anyio.move_on_after(2, shield=True):
                 await producer.stop()
             raise
-        self._producer = producer
         return producer
 
     async def aclose(self) -> None:
@@ -240,6 +257,7 @@ class KafkaPublisher:
         """Publish until the queue is closed and drained. The spool writer and the drain
         run beside it and are stopped when the queue ends."""
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self._warm_up)
             if self._spool is not None:
                 tg.start_soon(self._spool_loop)
                 tg.start_soon(self._drain_loop)

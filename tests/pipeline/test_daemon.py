@@ -8,11 +8,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from rig import DaemonProcess, daemon_config, metric, read_topic
 
-from streamd.broker import LocalBroker
+from streamd.broker import LocalBroker, free_port
 from streamd.simulator import ConnectFault, Fault, Simulator, SimulatorConfig
 
 pytestmark = pytest.mark.broker
@@ -215,3 +216,30 @@ def test_sigterm_during_a_busy_stream_flushes_everything_read(
     assert len(got) == len({r.key for r in got}) == stopped["published"]
     sent = {t.id for t in sim.sent_tweets()}
     assert {r.key.decode() for r in got if r.key} <= sent
+
+
+def test_readyz_on_an_idle_stream_and_when_kafka_is_unreachable(
+    sim: Simulator, broker: LocalBroker, topics: tuple[str, str], tmp_path: Path,
+    run_daemon: StartDaemon,
+) -> None:
+    sim.set_rate(0.0)  # rules that match nothing: only heartbeats
+    d = run_daemon(daemon_config(sim.url, broker.bootstrap, *topics, tmp_path))
+    d.wait_event("stream.connected")
+    port = d.port
+    deadline = time.monotonic() + 10
+    while httpx.get(f"http://127.0.0.1:{port}/readyz").status_code != 200:
+        assert time.monotonic() < deadline, httpx.get(f"http://127.0.0.1:{port}/readyz").text
+        time.sleep(0.1)
+    assert httpx.get(f"http://127.0.0.1:{port}/livez").status_code == 200
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0
+
+    nobody = free_port()  # nothing listens there
+    d2 = run_daemon(daemon_config(sim.url, f"127.0.0.1:{nobody}", *topics, tmp_path),
+                    name="unreachable.toml")
+    d2.wait_event("stream.connected")  # the stream does not wait for Kafka
+    answer = httpx.get(f"http://127.0.0.1:{d2.port}/readyz")
+    assert answer.status_code == 503
+    assert answer.json()["reason"] == "kafka_unavailable"
+    d2.signal(signal.SIGTERM)
+    assert d2.wait() == 0
