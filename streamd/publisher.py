@@ -129,9 +129,6 @@ class _InFlight:
 class PublishStats:
     published: int = 0
     dlq_published: int = 0
-    failed_batches: int = 0
-    drained: int = 0
-    undelivered: int = 0  # neither acked nor spooled at the end (only without a spool)
 
 
 class KafkaPublisher:
@@ -187,15 +184,6 @@ class KafkaPublisher:
     def available(self) -> bool:
         """True while Kafka acknowledges (for /readyz)."""
         return self._available
-
-    @property
-    def has_room(self) -> bool:
-        return self.spool_room.is_set()
-
-    def held(self) -> int:
-        """Records not yet acknowledged: in flight, pending, or spooled."""
-        spooled = self._spool.count if self._spool is not None else 0
-        return self._in_flight_records + len(self._pending) + spooled
 
     def _set_available(self, available: bool) -> None:
         self._available = available
@@ -392,7 +380,6 @@ class KafkaPublisher:
         if not acked:
             return 0
         self._acked(acked)
-        self.stats.drained += len(acked)
         async with self._spool_lock:
             await anyio.to_thread.run_sync(spool.delete, [seq_of[id(r)] for r in acked])
         self._update_spool_metrics()
@@ -423,7 +410,6 @@ class KafkaPublisher:
                 held = self._spool.count
             else:
                 held = len(self._pending)
-                self.stats.undelivered = held
             await self.aclose()
         return held
 
@@ -577,7 +563,6 @@ class KafkaPublisher:
         self._pending.extend(records)
 
     def _failed(self, exc: BaseException) -> None:
-        self.stats.failed_batches += 1
         self._metrics.publish_failures.labels(reason=failure_reason(exc)).inc()
         self._set_available(False)
 
