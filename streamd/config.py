@@ -320,6 +320,9 @@ class KafkaSettings(_Section):
     linger_ms: int = Field(default=5, ge=0)
     max_batch_bytes: int = Field(default=1_048_576, ge=1)
     max_request_size: int = Field(default=1_048_576, ge=1024)
+    # Bytes submitted to the broker and not yet acknowledged. Past it, live records wait a
+    # moment for acks, then go to the spool: memory stays flat however long Kafka stalls.
+    max_in_flight_bytes: int = Field(default=4_194_304, ge=65_536)
     client_id: str = Field(default="streamd", min_length=1)
     ce_source: str = Field(default="https://api.x.com/2/tweets/search/stream", min_length=1)
     publish_timeout: float = Field(default=10.0, gt=0)

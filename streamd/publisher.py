@@ -48,8 +48,13 @@ class Logger(Protocol):
 # How many records one publish cycle takes from the queue before submitting: big enough to
 # fill batches at full speed, small enough to keep latency low at 2k tweets/s.
 _COALESCE = 5_000
-# How many spooled records one drain round publishes.
+# How many spooled records one drain round publishes, and at most how many bytes of them:
+# a round's records stay in memory until acked, so this bounds the drain's footprint.
 _DRAIN_BATCH = 2_000
+_DRAIN_BYTES = 1 << 20
+# While Kafka is unavailable a drain round is a probe: a few records, not a full round held
+# in memory for publish_timeout.
+_DRAIN_PROBE = 50
 # The live path never waits longer than this for aiokafka to take a batch: when the
 # accumulator is full (a stalled broker), waiting would stop the reader, and X drops a reader
 # that stops reading. Past this the records go to the spool instead.
@@ -116,11 +121,12 @@ def from_entry(entry: SpoolEntry) -> OutRecord:
 class _InFlight:
     """One submitted batch: its records until settled, and its spool rows if spooled."""
 
-    __slots__ = ("future", "records", "seqs", "submitted")
+    __slots__ = ("future", "nbytes", "records", "seqs", "submitted")
 
-    def __init__(self, records: list[OutRecord], future: asyncio.Future[Any]) -> None:
+    def __init__(self, records: list[OutRecord], future: asyncio.Future[Any], nbytes: int) -> None:
         self.records = records
         self.future = future
+        self.nbytes = nbytes
         self.submitted = time.monotonic()
         self.seqs: list[int] | None = None  # spool rows shadowing this batch
 
@@ -144,7 +150,6 @@ class KafkaPublisher:
         spool: Spool | None = None,
         spool_interval: float = 0.2,
         sasl_password: str | None = None,
-        max_in_flight_records: int = 10_000,
         on_ack: Callable[[int], None] | None = None,
     ) -> None:
         self._kafka = kafka
@@ -155,12 +160,13 @@ class KafkaPublisher:
         self._spool_lock = anyio.Lock()
         self._producer_lock = anyio.Lock()
         self._sasl_password = sasl_password
-        self._max_in_flight = max_in_flight_records
+        self._max_in_flight_bytes = kafka.max_in_flight_bytes
         self._on_ack = on_ack
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
         self._in_flight: collections.deque[_InFlight] = collections.deque()
         self._in_flight_records = 0
+        self._in_flight_bytes = 0
         # Records Kafka could not take, waiting for the spool writer (or, with no spool,
         # for a retry).
         self._pending: list[OutRecord] = []
@@ -171,6 +177,8 @@ class KafkaPublisher:
         self._available = False
         self._announced: bool | None = None
         self._submit_failed = False
+        # Set when live records could not be handed to Kafka in time; cleared by an ack.
+        self._backpressured = False
         self._round_robin = 0
         # Set while the spool has room; replaced by a fresh (unset) event when it fills up,
         # which tells the reader to stop reading X until the drain makes room.
@@ -270,15 +278,34 @@ class KafkaPublisher:
                         records.extend(receive.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                if self._spool is not None and (
-                    (not self._available and self._announced is False)
-                    or self._in_flight_records >= self._max_in_flight
-                ):
+                if self._spool is not None and await self._spool_live():
                     # Kafka is down or not keeping up: straight to the spool; the drain
                     # publishes it when Kafka acknowledges again.
                     self._pending.extend(records)
                     continue
                 await self._publish(records)
+
+    async def _spool_live(self) -> bool:
+        """Whether live records should go to the spool instead of to Kafka now.
+
+        Once Kafka has not taken live records in time, they go straight to the spool until
+        the next ack: waiting again for every read would throttle the reader (the queue
+        holds few records when reads are small), and X drops a reader that falls behind.
+        """
+        if (not self._available and self._announced is False) or self._backpressured:
+            return True
+        if self._in_flight_full():
+            # Kafka acknowledges but is behind: give it a moment, once, before spooling.
+            with anyio.move_on_after(_LIVE_SUBMIT_DEADLINE):
+                while self._in_flight_full():
+                    await self._wait_oldest()
+            if self._in_flight_full():
+                self._backpressured = True
+                return True
+        return False
+
+    def _in_flight_full(self) -> bool:
+        return self._in_flight_bytes >= self._max_in_flight_bytes
 
     async def _retry_pending(self) -> None:
         retry, self._pending = self._pending, []
@@ -354,9 +381,11 @@ class KafkaPublisher:
         return spool.free_fraction() >= 0.5 and spool.has_room(waiting)
 
     async def _drain_once(self, spool: Spool) -> int:
+        limit = _DRAIN_BATCH if self._available else _DRAIN_PROBE
         async with self._spool_lock:
-            rows = await anyio.to_thread.run_sync(spool.peek, _DRAIN_BATCH + len(self._shadow))
-        rows = [(seq, e) for seq, e in rows if seq not in self._shadow][:_DRAIN_BATCH]
+            rows = await anyio.to_thread.run_sync(
+                spool.peek, limit, _DRAIN_BYTES, frozenset(self._shadow)
+            )
         if not rows:
             return 0
         records = [from_entry(e) for _, e in rows]
@@ -457,7 +486,7 @@ class KafkaPublisher:
     ) -> list[_InFlight]:
         if track and self._spool is None:
             # Without a spool, memory is the only buffer: wait for acks to bound it.
-            while self._in_flight_records >= self._max_in_flight and self._in_flight:
+            while self._in_flight_full() and self._in_flight:
                 await self._wait_oldest()
         batch.builder.close()
         if self._submit_failed:
@@ -476,6 +505,7 @@ class KafkaPublisher:
             # batches mark Kafka unavailable.
             self._submit_failed = True
             if track:
+                self._backpressured = True
                 self._pending.extend(batch.records)
             else:
                 self._set_available(False)
@@ -487,10 +517,11 @@ class KafkaPublisher:
             else:
                 self._set_available(False)
             return []
-        inflight = _InFlight(batch.records, future)
+        inflight = _InFlight(batch.records, future, batch.nbytes)
         if track:
             self._in_flight.append(inflight)
             self._in_flight_records += len(batch.records)
+            self._in_flight_bytes += batch.nbytes
             future.add_done_callback(lambda f, i=inflight: self._on_done(i))
         return [inflight]
 
@@ -515,7 +546,9 @@ class KafkaPublisher:
     def _settle(self, inflight: _InFlight) -> list[OutRecord]:
         """Take the records out of an in-flight batch, exactly once."""
         records, inflight.records = inflight.records, []
-        self._in_flight_records -= len(records)
+        if records:
+            self._in_flight_records -= len(records)
+            self._in_flight_bytes -= inflight.nbytes
         return records
 
     async def _wait_oldest(self) -> None:
@@ -554,6 +587,7 @@ class KafkaPublisher:
             self._metrics.tweets_published.inc(tweets)
             for tag, count in tags.items():
                 self._metrics.tweets_published_by_rule.labels(rule_tag=tag).inc(count)
+        self._backpressured = False
         self._set_available(True)
         if self._on_ack is not None:
             self._on_ack(tweets)
@@ -570,11 +604,12 @@ class KafkaPublisher:
 class _Batch:
     """A BatchBuilder plus the records in it (to retry or spool them if the batch fails)."""
 
-    __slots__ = ("builder", "records")
+    __slots__ = ("builder", "nbytes", "records")
 
     def __init__(self, builder: Any) -> None:
         self.builder = builder
         self.records: list[OutRecord] = []
+        self.nbytes = 0
 
     def append(self, record: OutRecord) -> bool:
         meta = self.builder.append(
@@ -584,4 +619,5 @@ class _Batch:
         if meta is None:
             return False
         self.records.append(record)
+        self.nbytes += meta.size
         return True

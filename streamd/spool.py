@@ -36,7 +36,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -293,11 +293,17 @@ class Spool:
             self._bytes += batch_bytes
             return seqs
 
-    def peek(self, limit: int = 1000, max_bytes: int = 4 << 20) -> list[tuple[int, SpoolEntry]]:
+    def peek(
+        self,
+        limit: int = 1000,
+        max_bytes: int = 1 << 20,
+        skip: Container[int] = frozenset(),
+    ) -> list[tuple[int, SpoolEntry]]:
         """The oldest entries, oldest first, without removing them.
 
         At most `limit` entries and about `max_bytes`; always at least one entry if any, so
-        an entry bigger than `max_bytes` cannot block the spool.
+        an entry bigger than `max_bytes` cannot block the spool. Entries whose seq is in
+        `skip` are passed over without being decoded or counted.
         """
         if limit <= 0:
             return []
@@ -306,11 +312,12 @@ class Spool:
         with self._lock:
             cursor = self._conn.execute(
                 "SELECT seq, size, dlq, timestamp_ms, tweet_id, key, headers, value"
-                " FROM entries ORDER BY seq LIMIT ?",
-                (limit,),
+                " FROM entries ORDER BY seq",
             )
             try:
                 for seq, size, dlq, timestamp_ms, tweet_id, key, headers, value in cursor:
+                    if seq in skip:
+                        continue
                     if out and total + size > max_bytes:
                         break
                     total += size
@@ -323,6 +330,8 @@ class Spool:
                         tweet_id=tweet_id,
                     )
                     out.append((seq, entry))
+                    if len(out) >= limit:
+                        break
             finally:
                 cursor.close()
         return out

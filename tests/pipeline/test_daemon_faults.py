@@ -87,6 +87,39 @@ def test_broker_paused_longer_than_the_deadline_loses_nothing(
     assert d.named("daemon.stopped")[0]["spooled"] == 0
 
 
+def test_reader_keeps_pace_while_the_broker_stalls(
+    sim: Simulator, own_broker: LocalBroker, topics_on: tuple[str, str], tmp_path: Path,
+    run_daemon: StartDaemon,
+) -> None:
+    """A stalled broker (no answers, no errors yet) must not slow the reader down: X drops a
+    reader that falls behind. Before Kafka is declared unavailable, live records go to the
+    spool instead of waiting on Kafka for every read."""
+    sim.set_rate(2000.0)
+    d = run_daemon(fault_config(sim, own_broker, topics_on, tmp_path,
+                                kafka={"publish_timeout": 30.0}))
+    d.wait_event("stream.connected")
+    port = d.port
+    assert sim.wait_sent(3000, timeout=20)
+    own_broker.pause()
+    try:
+        lags = []
+        for _ in range(12):  # ~6 s of the stall, well inside publish_timeout
+            time.sleep(0.5)
+            lags.append(len(sim.sent_tweets()) - metric(port, "streamd_tweets_received_total"))
+        spooled = metric(port, "streamd_spool_messages")
+    finally:
+        own_broker.resume()
+    assert not d.named("kafka.unavailable"), "the stall outlasted publish_timeout"
+    # 2,000 tweets/s: a reader that keeps pace lags by a read or two, not by seconds (the
+    # throttled reader this guards against fell ~400 tweets further behind every second)
+    steady = sorted(lags[2:])
+    assert steady[len(steady) // 2] < 1000, f"reader fell behind during the stall: {lags}"
+    assert lags[-1] < 2000, f"reader fell behind during the stall: {lags}"
+    assert spooled > 0, "live records were not spooled during the stall"
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0
+
+
 def test_broker_restarted_empty_mid_stream(
     sim: Simulator, own_broker: LocalBroker, topics_on: tuple[str, str], tmp_path: Path,
     run_daemon: StartDaemon,
