@@ -32,10 +32,12 @@ def _install() -> None:
         observe = histogram.observe
         values_append, times_append, now = _values.append, _times.append, time.monotonic
 
-        def recording_observe(amount: float, *rest: Any, **kw: Any) -> None:
-            values_append(amount)
-            times_append(now())
-            observe(amount, *rest, **kw)
+        def recording_observe(amount: float, count: int = 1) -> None:
+            at = now()
+            for _ in range(count):  # one observation can stand for a run of tweets
+                values_append(amount)
+                times_append(at)
+            observe(amount, count)
 
         histogram.observe = recording_observe  # type: ignore[method-assign]
 

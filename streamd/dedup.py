@@ -53,6 +53,22 @@ class Deduplicator:
         self._add(key, now)
         return False
 
+    def seen_many(self, tweet_ids: Iterable[str]) -> list[bool]:
+        """`seen` for a batch read at one instant (one network read): one clock reading and
+        one expiry pass for all of them. A repeat inside the batch is a duplicate too."""
+        now = self._clock()
+        self._expire(now)
+        seen = self._seen
+        out: list[bool] = []
+        for tweet_id in tweet_ids:
+            key = int(tweet_id) if tweet_id.isdigit() else tweet_id
+            if key in seen:
+                out.append(True)
+            else:
+                self._add(key, now)
+                out.append(False)
+        return out
+
     def _add(self, key: _Key, now: float) -> None:
         self._seen.add(key)
         self._order.append(key)

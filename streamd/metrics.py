@@ -6,7 +6,10 @@ are pre-initialised for every known label value so dashboards show zeros, not ga
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+import math
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -18,6 +21,8 @@ from prometheus_client import (
     generate_latest,
     make_asgi_app,
 )
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from streamd import __version__
 from streamd.reasons import Reason
@@ -44,6 +49,50 @@ RECONNECT_DELAY_BUCKETS: tuple[float, ...] = (
 PUBLISH_LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 )
+
+
+class BatchHistogram(Collector):
+    """A histogram that takes a value with a count: `observe(value, count)`.
+
+    The publisher learns of acks a batch at a time, and the tweets of one network read share
+    one read time, so one observation stands for all of them. prometheus_client's Histogram
+    takes one value per call (a lock and a bucket search each); at tens of thousands of
+    tweets a second that was a measurable share of the daemon's CPU. Exposed as a normal
+    Prometheus histogram (`_bucket{le}`, `_count`, `_sum`).
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: tuple[float, ...],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = [float(b) for b in buckets]
+        if self._bounds[-1] != math.inf:
+            self._bounds.append(math.inf)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, value: float, count: int = 1) -> None:
+        i = bisect.bisect_left(self._bounds, value)
+        with self._lock:
+            self._counts[i] += count
+            self._sum += value * count
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            counts = list(self._counts)
+            total = self._sum
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip(self._bounds, counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            self._name, self._documentation, buckets=buckets, sum_value=total
+        )
 
 
 class Metrics:
@@ -121,11 +170,11 @@ class Metrics:
             "Tweets dropped because their id was seen recently",
             registry=r,
         )
-        self.publish_latency = Histogram(
+        self.publish_latency = BatchHistogram(
             "streamd_publish_latency_seconds",
             "Time from reading a line to the broker's acknowledgement",
-            buckets=PUBLISH_LATENCY_BUCKETS,
-            registry=r,
+            PUBLISH_LATENCY_BUCKETS,
+            r,
         )
         self.publish_failures = Counter(
             "streamd_publish_failures_total",

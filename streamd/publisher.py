@@ -572,21 +572,38 @@ class KafkaPublisher:
     def _acked(self, records: Sequence[OutRecord]) -> None:
         now = time.monotonic()
         tweets = 0
-        tags: collections.Counter[str] = collections.Counter()
-        latency = self._metrics.publish_latency
+        observe = self._metrics.publish_latency.observe
+        # Tweets of one network read share their read time (and usually their rules'
+        # tags tuple): one latency observation and one tag count per run of them.
+        read_at = 0.0
+        run = 0
+        by_tags: dict[tuple[str, ...], int] = {}
         for record in records:
             if record.dlq:
                 self.stats.dlq_published += 1
                 continue
             tweets += 1
-            latency.observe(now - record.read_at)
+            if record.read_at == read_at:
+                run += 1
+            else:
+                if run:
+                    observe(now - read_at, run)
+                read_at = record.read_at
+                run = 1
             if record.tags:
-                tags.update(record.tags)
+                by_tags[record.tags] = by_tags.get(record.tags, 0) + 1
+        if run:
+            observe(now - read_at, run)
         if tweets:
             self.stats.published += tweets
             self._metrics.tweets_published.inc(tweets)
-            for tag, count in tags.items():
-                self._metrics.tweets_published_by_rule.labels(rule_tag=tag).inc(count)
+            if by_tags:
+                per_tag: collections.Counter[str] = collections.Counter()
+                for tags, count in by_tags.items():
+                    for tag in tags:
+                        per_tag[tag] += count
+                for tag, count in per_tag.items():
+                    self._metrics.tweets_published_by_rule.labels(rule_tag=tag).inc(count)
         self._backpressured = False
         self._set_available(True)
         if self._on_ack is not None:

@@ -111,19 +111,53 @@ def interpret_line(
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         return dlq_record(line, DLQ_DECODE, str(exc), read_ms=read_ms, read_at=read_at)
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         return dlq_record(
             line, DLQ_VALIDATE, f"top-level JSON {type(obj).__name__}, not an object",
             read_ms=read_ms, read_at=read_at,
         )
     data = obj.get("data")
-    tweet_id = data.get("id") if isinstance(data, dict) else None
-    if isinstance(tweet_id, str | int) and not isinstance(tweet_id, bool) and tweet_id != "":
+    tweet_id = data.get("id") if type(data) is dict else None
+    if type(tweet_id) is str:  # X's ids are strings; the common case first
+        if tweet_id:
+            return _tweet_record(line, obj, data, tweet_id, ce_source, read_ms, read_at)  # type: ignore[arg-type]
+    elif type(tweet_id) is int:
         return _tweet_record(line, obj, data, str(tweet_id), ce_source, read_ms, read_at)  # type: ignore[arg-type]
     if "errors" in obj and data is None:
         return ErrorMessage(obj, classify_stream_message(obj))
-    problem = "data.id missing" if isinstance(data, dict) else "no data.id and no errors"
+    problem = "data.id missing" if type(data) is dict else "no data.id and no errors"
     return dlq_record(line, DLQ_VALIDATE, problem, read_ms=read_ms, read_at=read_at)
+
+
+# matching_rules repeat from tweet to tweet (a stream has at most 1,000 rules, and most
+# tweets match one or two), so their headers are built once per distinct set.
+_RuleHeaders = tuple[Header, Header | None, tuple[str, ...]]
+_rule_headers: dict[tuple[tuple[str, ...], tuple[str, ...]], _RuleHeaders] = {}
+_RULE_CACHE_MAX = 4096
+
+
+def _rules_headers(rules: list[Any]) -> _RuleHeaders:
+    ids: list[str] = []
+    tags: list[str] = []
+    for rule in rules:
+        if type(rule) is dict:
+            rule_id = rule.get("id")
+            if rule_id is not None:
+                ids.append(rule_id if type(rule_id) is str else str(rule_id))
+            tag = rule.get("tag")
+            if type(tag) is str:
+                tags.append(tag)
+    signature = (tuple(ids), tuple(tags))
+    cached = _rule_headers.get(signature)
+    if cached is None:
+        if len(_rule_headers) >= _RULE_CACHE_MAX:
+            _rule_headers.clear()
+        cached = _rule_headers[signature] = (
+            ("ce_ruleids", ",".join(ids).encode()),
+            ("ce_ruletags", orjson.dumps(tags)) if tags else None,
+            signature[1],
+        )
+    return cached
 
 
 def _tweet_record(
@@ -137,7 +171,7 @@ def _tweet_record(
 ) -> OutRecord:
     key = tweet_id.encode()
     created_at = data.get("created_at")
-    ce_time = created_at if isinstance(created_at, str) and created_at else rfc3339_ms(read_ms)
+    ce_time = (created_at if type(created_at) is str and created_at else rfc3339_ms(read_ms))
     headers: list[Header] = [
         _SPECVERSION,
         ("ce_id", key),
@@ -146,19 +180,18 @@ def _tweet_record(
         ("ce_time", ce_time.encode()),
     ]
     author_id = data.get("author_id")
-    if isinstance(author_id, str | int) and not isinstance(author_id, bool):
+    if type(author_id) is str:
+        headers.append(("ce_subject", author_id.encode()))
+    elif type(author_id) is int:
         headers.append(("ce_subject", str(author_id).encode()))
     headers.append(_CONTENT_TYPE)
     tags: tuple[str, ...] = ()
     rules = obj.get("matching_rules")
-    if isinstance(rules, list) and rules:
-        ids = [str(r["id"]) for r in rules if isinstance(r, dict) and r.get("id") is not None]
-        headers.append(("ce_ruleids", ",".join(ids).encode()))
-        tags = tuple(
-            r["tag"] for r in rules if isinstance(r, dict) and isinstance(r.get("tag"), str)
-        )
-        if tags:
-            headers.append(("ce_ruletags", orjson.dumps(list(tags))))
+    if type(rules) is list and rules:
+        ruleids, ruletags, tags = _rules_headers(rules)
+        headers.append(ruleids)
+        if ruletags is not None:
+            headers.append(ruletags)
     return OutRecord(
         dlq=False,
         key=key,

@@ -305,14 +305,18 @@ class StreamReader:
     ) -> tuple[list[OutRecord], Classification | None]:
         metrics = self._metrics
         records: list[OutRecord] = []
+        tweets: list[OutRecord] = []
         message: Classification | None = None
+        # One read time for the whole network read: its lines arrived together.
         read_ms = time.time_ns() // 1_000_000
         read_at = time.monotonic()
         ce_source = self._ce_source
         heartbeats = 0
-        tweets = 0
         for frame in frames:
-            if isinstance(frame, Oversize):
+            if not frame:
+                heartbeats += 1
+                continue
+            if type(frame) is Oversize:
                 records.append(dlq_record(
                     frame.prefix, DLQ_OVERSIZE,
                     f"line longer than stream.max_line_bytes "
@@ -321,31 +325,34 @@ class StreamReader:
                 ))
                 metrics.tweets_dlq.labels(reason=DLQ_OVERSIZE).inc()
                 continue
-            if not frame:
-                heartbeats += 1
-                continue
-            out = interpret_line(frame, ce_source=ce_source, read_ms=read_ms, read_at=read_at)
-            if isinstance(out, ErrorMessage):
-                message = self._on_error_message(out) or message
-                continue
-            if out.dlq:
-                metrics.tweets_dlq.labels(reason=out.headers[0][1].decode()).inc()
-                records.append(out)
-                continue
-            tweets += 1
-            if self._dedup is not None and self._dedup.seen(out.tweet_id or ""):
-                metrics.duplicates_dropped.inc()
-                self.duplicates += 1
-                continue
-            records.append(out)
+            out = interpret_line(frame, ce_source=ce_source, read_ms=read_ms, read_at=read_at)  # type: ignore[arg-type]
+            if type(out) is OutRecord:
+                if out.dlq:
+                    metrics.tweets_dlq.labels(reason=out.headers[0][1].decode()).inc()
+                    records.append(out)
+                else:
+                    tweets.append(out)
+            else:
+                message = self._on_error_message(out) or message  # type: ignore[arg-type]
         if heartbeats:
             metrics.keepalives.inc(heartbeats)
         if tweets:
-            self.received += tweets
-            metrics.tweets_received.inc(tweets)
+            self.received += len(tweets)
+            metrics.tweets_received.inc(len(tweets))
             if not self._healthy_since_connect:
                 self._healthy_since_connect = True
                 self._policy.on_data()
+            if self._dedup is not None:
+                repeats = self._dedup.seen_many([t.tweet_id or "" for t in tweets])
+                if any(repeats):
+                    tweets = [t for t, repeat in zip(tweets, repeats, strict=True) if not repeat]
+                    dropped = sum(repeats)
+                    metrics.duplicates_dropped.inc(dropped)
+                    self.duplicates += dropped
+            if records:  # DLQ records of this read first, then its tweets
+                records.extend(tweets)
+            else:
+                records = tweets
         return records, message
 
     def _on_error_message(self, msg: ErrorMessage) -> Classification | None:

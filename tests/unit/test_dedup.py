@@ -63,3 +63,16 @@ def test_ids_that_are_not_numbers_still_work() -> None:
     assert d.seen("abc")
     assert not d.seen("007")  # a str of digits is its int: "007" and "7" are one id
     assert d.seen("7")
+
+
+def test_seen_many_agrees_with_seen_one_at_a_time() -> None:
+    ids = ["5", "6", "5", "abc", "7", "6", "abc", "8"]
+    clock = Clock()
+    one_by_one = Deduplicator(4, 60, clock)
+    expected = [one_by_one.seen(i) for i in ids]
+    batched = Deduplicator(4, 60, clock)
+    assert batched.seen_many(ids[:3]) + batched.seen_many(ids[3:]) == expected
+    assert expected == [False, False, True, False, False, True, True, False]
+    assert len(batched) == len(one_by_one) == 4
+    clock.now += 61  # the whole window expires before the next batch
+    assert batched.seen_many(["5", "8"]) == [False, False]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anyio
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamd.metrics import Metrics
@@ -109,3 +110,20 @@ def test_asgi_app_serves_the_registry() -> None:
     response = anyio.run(fetch)
     assert response.status_code == 200
     assert "streamd_rules_active 7.0" in response.text
+
+
+def test_publish_latency_takes_a_count_per_observation() -> None:
+    m = Metrics()
+    m.publish_latency.observe(0.004, 26)  # one network read's tweets, acked together
+    m.publish_latency.observe(0.3)
+    m.publish_latency.observe(120.0, 2)  # past the last bound: only in +Inf
+    s = samples(m)
+    bucket = "streamd_publish_latency_seconds_bucket"
+    assert s[(bucket, (("le", "0.0025"),))] == 0
+    assert s[(bucket, (("le", "0.005"),))] == 26
+    assert s[(bucket, (("le", "0.5"),))] == 27
+    assert s[(bucket, (("le", "60.0"),))] == 27
+    assert s[(bucket, (("le", "+Inf"),))] == 29
+    assert s[("streamd_publish_latency_seconds_count", ())] == 29
+    assert s[("streamd_publish_latency_seconds_sum", ())] == pytest.approx(
+        0.004 * 26 + 0.3 + 240.0)
