@@ -526,10 +526,12 @@ class KafkaPublisher:
         return [inflight]
 
     def _on_done(self, inflight: _InFlight) -> None:
-        # Runs in the event loop when the broker answers (or the send fails).
+        # Runs in the event loop when the broker answers (or the send fails). The outcome is
+        # read even when the records were settled elsewhere (timed out, shut down), so asyncio
+        # does not log "Future exception was never retrieved".
+        exc = None if inflight.future.cancelled() else inflight.future.exception()
         records = self._settle(inflight)
         if records:
-            exc = None if inflight.future.cancelled() else inflight.future.exception()
             if exc is not None:
                 if inflight.seqs is None:
                     self._batch_failed(records, exc)
