@@ -26,11 +26,16 @@ Tweet ids for deduplication live in a separate table, so they survive a restart 
 One connection is owned by the Spool. All calls are synchronous; the publisher calls them
 from a worker thread (anyio.to_thread.run_sync), one at a time. An internal lock makes each
 call atomic with respect to the others, whichever thread it comes from.
+
+One daemon per spool directory: an exclusive `flock` on `spool.lock` is held while the
+Spool is open (the kernel drops it when the process dies, even by SIGKILL, so it never goes
+stale). Two daemons sharing a spool would each publish and delete the other's rows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 import struct
@@ -45,6 +50,7 @@ from typing import Literal, Self
 from streamd.errors import StreamdError
 
 DB_NAME = "spool.sqlite3"
+LOCK_NAME = "spool.lock"
 
 _SCHEMA_VERSION = 1
 
@@ -83,6 +89,10 @@ CREATE TABLE IF NOT EXISTS seen_ids (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_ids_by_time ON seen_ids (seen);
 """
+
+
+class SpoolInUse(StreamdError):
+    """Another process holds the spool directory."""
 
 
 class SpoolFull(StreamdError):
@@ -160,6 +170,7 @@ class Spool:
         self._ids_max_age = remembered_max_age_seconds
         self._clock = clock
         self._lock = threading.Lock()
+        self._lock_fd = -1
         self._conn = self._open()
         try:
             row = self._conn.execute("SELECT count, bytes FROM totals WHERE id = 1").fetchone()
@@ -169,6 +180,7 @@ class Spool:
             self._ids_estimate = int(ids)
         except sqlite3.Error as exc:
             self._conn.close()
+            self._unlock()
             raise StreamdError(f"spool {self.path}: cannot read: {exc}") from exc
 
     # -- opening ---------------------------------------------------------------------------
@@ -184,6 +196,44 @@ class Spool:
             raise StreamdError(f"spool directory {self.directory}: not a directory")
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise StreamdError(f"spool directory {self.directory}: not writable")
+        self._take_directory()
+        try:
+            return self._open_database()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _take_directory(self) -> None:
+        path = self.directory / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StreamdError(f"spool directory {self.directory}: cannot create {LOCK_NAME}: "
+                               f"{exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise SpoolInUse(
+                f"spool directory {self.directory} is in use by another streamd process "
+                f"(pid {holder}); each daemon needs its own spool.dir"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise StreamdError(f"spool directory {self.directory}: cannot lock {LOCK_NAME}: "
+                               f"{exc.strerror or exc}") from exc
+        # The holder's pid, for the message above; informative only (the lock is the flock).
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def _open_database(self) -> sqlite3.Connection:
         is_new = not self.path.exists()
         try:
             # isolation_level=None: no implicit transactions; we BEGIN/COMMIT ourselves.
@@ -445,6 +495,7 @@ class Spool:
                 pass  # the log stays; it is replayed at the next open
             finally:
                 self._conn.close()
+                self._unlock()
 
     def __enter__(self) -> Self:
         return self

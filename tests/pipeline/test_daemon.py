@@ -243,3 +243,22 @@ def test_readyz_on_an_idle_stream_and_when_kafka_is_unreachable(
     assert answer.json()["reason"] == "kafka_unavailable"
     d2.signal(signal.SIGTERM)
     assert d2.wait() == 0
+
+
+def test_a_second_daemon_on_the_same_spool_exits_78_and_leaves_the_first_alone(
+    sim: Simulator, broker: LocalBroker, topics: tuple[str, str], tmp_path: Path,
+    run_daemon: StartDaemon,
+) -> None:
+    topic, dlq = topics
+    config = daemon_config(sim.url, broker.bootstrap, topic, dlq, tmp_path)
+    first = run_daemon(config)
+    first.wait_event("stream.connected")
+    connects = len(sim.connects())
+    second = run_daemon(config)
+    assert second.wait() == 78
+    err = "\n".join(second.raw_stderr)
+    assert "spool.dir" in err
+    assert f"in use by another streamd process (pid {first.proc.pid})" in err
+    assert len(sim.connects()) == connects  # the second never reached X
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0

@@ -20,7 +20,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamd.errors import StreamdError
-from streamd.spool import DB_NAME, Spool, SpoolEntry, SpoolFull, decode_headers, encode_headers
+from streamd.spool import (
+    DB_NAME,
+    Spool,
+    SpoolEntry,
+    SpoolFull,
+    SpoolInUse,
+    decode_headers,
+    encode_headers,
+)
 
 WRITER = Path(__file__).with_name("spool_crash_writer.py")
 
@@ -272,6 +280,34 @@ def test_reopen_after_close_keeps_data(tmp_path: Path) -> None:
     )
     with Spool(tmp_path, max_bytes=1 << 20) as s:
         assert everything(s) == [(seqs[0], entry(1)), (seqs[1], entry(2))]
+
+
+def test_one_spool_per_directory_at_a_time(tmp_path: Path) -> None:
+    in_use = f"{tmp_path}.*in use.*pid {os.getpid()}"
+    with Spool(tmp_path, max_bytes=100), pytest.raises(SpoolInUse, match=in_use):
+        Spool(tmp_path, max_bytes=100)
+    with Spool(tmp_path, max_bytes=100):  # released by close()
+        pass
+
+
+def test_the_lock_dies_with_its_process_even_by_sigkill(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from streamd.spool import Spool; "
+         f"s = Spool({str(tmp_path)!r}, max_bytes=100); print('ready', flush=True); "
+         "time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(SpoolInUse, match=f"pid {holder.pid}"):
+            Spool(tmp_path, max_bytes=100)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with Spool(tmp_path, max_bytes=100):
+        pass
 
 
 def test_directory_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
