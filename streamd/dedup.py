@@ -45,23 +45,18 @@ class Deduplicator:
 
     def seen(self, tweet_id: str) -> bool:
         """Record `tweet_id`; True if it is a duplicate within the window."""
-        now = self._clock()
-        self._expire(now)
-        key = _key(tweet_id)
-        if key in self._seen:
-            return True
-        self._add(key, now)
-        return False
+        return self.seen_many((tweet_id,))[0]
 
     def seen_many(self, tweet_ids: Iterable[str]) -> list[bool]:
-        """`seen` for a batch read at one instant (one network read): one clock reading and
-        one expiry pass for all of them. A repeat inside the batch is a duplicate too."""
+        """Record each id; for each, True if it is a duplicate within the window. The ids
+        were read at one instant (one network read): one clock reading and one expiry pass
+        for all of them. A repeat inside the batch is a duplicate too."""
         now = self._clock()
         self._expire(now)
         seen = self._seen
         out: list[bool] = []
         for tweet_id in tweet_ids:
-            key = int(tweet_id) if tweet_id.isdigit() else tweet_id
+            key = _key(tweet_id)
             if key in seen:
                 out.append(True)
             else:
