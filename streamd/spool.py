@@ -223,10 +223,12 @@ class Spool:
             os.close(fd)
             raise StreamdError(f"spool directory {self.directory}: cannot lock {LOCK_NAME}: "
                                f"{exc.strerror or exc}") from exc
-        # The holder's pid, for the message above; informative only (the lock is the flock).
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+        # The holder's pid, for the message above; informative only (the lock is the flock),
+        # so a full disk here is not a reason to fail.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
     def _unlock(self) -> None:
         if self._lock_fd >= 0:
