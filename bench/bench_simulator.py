@@ -90,7 +90,8 @@ READERS = {"httpx iter_raw + split": httpx_reader, "asyncio raw socket + split":
 
 def run_once(reader_name: str, query: str, total: int) -> dict[str, float]:
     config = SimulatorConfig(
-        tweets_per_second=float("inf"), total_tweets=total, match_all=True, seed=1
+        tweets_per_second=float("inf"), total_tweets=total, match_all=True, seed=1,
+        rule_propagation_delay=0.0,
     )
     with Simulator(config) as sim:
         sim.add_rules([("cat", "cats"), ("dog", None)])

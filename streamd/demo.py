@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = LocalBroker(log_path=state / "tansu.log")
     sim = Simulator(SimulatorConfig(
         port=0, tokens=(TOKEN,), tweets_per_second=args.rate, heartbeat_interval=1.0, seed=7,
+        rule_propagation_delay=0.0,
     ))
     daemon: subprocess.Popen[bytes] | None = None
     interrupted = False

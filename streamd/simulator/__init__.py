@@ -2,7 +2,14 @@
 
 from streamd.simulator.config import SimulatorConfig
 from streamd.simulator.faults import ConnectFault, Fault
-from streamd.simulator.records import ConnectRecord, Rule, SentLine, SentTweet
+from streamd.simulator.records import (
+    ConnectRecord,
+    Rule,
+    RulesRequestRecord,
+    SentLine,
+    SentTweet,
+)
+from streamd.simulator.rules_faults import RulesFault
 from streamd.simulator.server import Simulator
 
 __all__ = [
@@ -10,6 +17,8 @@ __all__ = [
     "ConnectRecord",
     "Fault",
     "Rule",
+    "RulesFault",
+    "RulesRequestRecord",
     "SentLine",
     "SentTweet",
     "Simulator",

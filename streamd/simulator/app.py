@@ -3,21 +3,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import orjson
 
 from streamd.simulator import control, fields, problems
+from streamd.simulator.connection import CONNECTION_KEY, ConnectionControl
 from streamd.simulator.faults import ConnectFault, Fault
 from streamd.simulator.feed import Feed
 from streamd.simulator.problems import ErrorAnswer
 from streamd.simulator.ratelimit import FixedWindow, WindowState
-from streamd.simulator.records import ConnectRecord
+from streamd.simulator.records import ConnectRecord, RulesRequestRecord
 from streamd.simulator.rules import decode_page_token
+from streamd.simulator.rules_faults import RulesFault, parse_rules_fault_spec
 from streamd.simulator.state import SimulatorState
 from streamd.simulator.stream import StreamSession
 from streamd.simulator.timefmt import iso_now
@@ -30,7 +34,6 @@ STREAM_PATH = "/2/tweets/search/stream"
 RULES_PATH = "/2/tweets/search/stream/rules"
 COUNTS_PATH = "/2/tweets/search/stream/rules/counts"
 CONTROL_PREFIX = "/_simulator/"
-TRANSPORT_KEY = "streamd.transport"
 JSON = "application/json; charset=utf-8"
 
 
@@ -51,7 +54,10 @@ async def respond(
 
 
 async def respond_error(send: Send, answer: ErrorAnswer, window: WindowState) -> None:
-    await respond(send, answer.status, answer.body, answer.content_type, window.headers())
+    # X sends no x-rate-limit-* headers with a 401: the request was never attributed to an
+    # app, so no window was counted.
+    headers = [] if answer.status == 401 else window.headers()
+    await respond(send, answer.status, answer.body, answer.content_type, headers)
 
 
 async def read_body(receive: Receive, limit: int = 5 * 1024 * 1024) -> bytes:
@@ -68,6 +74,80 @@ async def read_body(receive: Receive, limit: int = 5 * 1024 * 1024) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def wait_disconnect(receive: Receive) -> None:
+    """Until the client goes away (the request body, if any, is read and dropped)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def connection_of(scope: Scope) -> ConnectionControl | None:
+    conn: ConnectionControl | None = scope.get("extensions", {}).get(CONNECTION_KEY)
+    return conn
+
+
+async def drop_unanswered(scope: Scope, receive: Receive, how: str) -> None:
+    """End a request without an answer ("reset": TCP RST, "abort"), then wait until the
+    server has seen the connection go, so it does not answer in our place (a 500)."""
+    conn = connection_of(scope)
+    if conn is None:
+        return
+    if how == "reset":
+        conn.reset()
+    else:
+        conn.abort()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wait_disconnect(receive), 2.0)
+
+
+class _Gate(NamedTuple):
+    """Outcome of the rules endpoints' checks: the error to send (if any), the window for
+    the x-rate-limit-* headers, and the injected fault that decided it (if any)."""
+
+    denied: ErrorAnswer | None
+    window: WindowState
+    fault: RulesFault | None = None
+
+
+class _RulesExchange:
+    """Records what one rules request was answered; wraps `send` to see it. The record is
+    made before the answer's last bytes (or the reset) go out, so a client that then sends
+    its next request always finds this one in the log first."""
+
+    def __init__(self, state: SimulatorState, method: str, send: Send) -> None:
+        self.state = state
+        self.method = method
+        self._send = send
+        self.status = 0  # stays 0 when nothing is answered
+        self.problem_type: str | None = None
+        self.fault: str | None = None
+        self._first_body = True
+        self._recorded = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        elif message["type"] == "http.response.body":
+            if self._first_body and self.status >= 400:
+                # Our error bodies are whole in their first message.
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    body = orjson.loads(message.get("body", b""))
+                    if isinstance(body, dict) and isinstance(body.get("type"), str):
+                        self.problem_type = body["type"]
+            self._first_body = False
+            if not message.get("more_body", False):
+                self.record()
+        await self._send(message)
+
+    def record(self) -> None:
+        if self._recorded:
+            return
+        self._recorded = True
+        self.state.record_rules_request(RulesRequestRecord(
+            at=time.time(), method=self.method, status=self.status,
+            problem_type=self.problem_type, fault=self.fault,
+        ))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -91,16 +171,14 @@ class SimulatorApp:
         try:
             if path == STREAM_PATH and method == "GET":
                 await self.stream(scope, receive, send)
-            elif path == RULES_PATH and method == "GET":
-                await self.rules_get(scope, send)
-            elif path == RULES_PATH and method == "POST":
-                await self.rules_post(scope, receive, send)
+            elif path == RULES_PATH and method in ("GET", "POST"):
+                await self.rules(method, scope, receive, send)
             elif path == COUNTS_PATH and method == "GET":
                 await self.rule_counts(scope, send)
             elif path.startswith(CONTROL_PREFIX):
                 await self.control(path[len(CONTROL_PREFIX) :], method, scope, receive, send)
             else:
-                await respond(send, 404, problems.not_found().body, problems.PROBLEM_JSON)
+                await respond(send, 404, problems.not_found().body)
         except ConnectionError:
             return
 
@@ -125,17 +203,24 @@ class SimulatorApp:
             return problems.client_forbidden(self.host)
         return None
 
-    def _gate(self, scope: Scope, window: FixedWindow) -> tuple[ErrorAnswer | None, WindowState]:
-        """Auth, tier and request window, in that order (rules endpoints)."""
+    def _gate(self, scope: Scope, window: FixedWindow, method: str | None = None) -> _Gate:
+        """Auth, injected fault (for `method`), tier and request window, in that order
+        (rules endpoints)."""
         with self.state.lock:
             denied = self._auth(scope)
             if denied is not None:
-                return denied, window.peek()
+                return _Gate(denied, window.peek())
             state = window.hit()
+            fault = None if method is None else self.state.next_rules_fault(method)
+            if fault is not None:
+                reset = fault.reset_at()
+                if reset is not None:
+                    state = WindowState(False, state.limit, 0, reset)
+                return _Gate(fault.answer(self.host), state, fault)
             denied = self._tier()
             if denied is None and not state.allowed:
                 denied = problems.rate_limited()
-            return denied, state
+            return _Gate(denied, state)
 
     # --- stream -------------------------------------------------------------------------
 
@@ -203,25 +288,36 @@ class SimulatorApp:
         state = self.state
         pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         query = dict(pairs)
+        hang = False
         with state.lock:
             denied = self._auth(scope)
             if denied is not None:
                 window = state.stream_window.peek()
                 self._record(denied.status, denied, query)
             else:
-                denied, window = self._connect_check(pairs, state.stream_window.hit())
-                if denied is not None:
-                    self._record(denied.status, denied, query)
+                window = state.stream_window.hit()
+                fault = state.next_connect_fault()
+                if fault is not None and fault.hangs:
+                    hang = True
+                    self._record(0, None, query)
+                else:
+                    denied, window = self._connect_check(pairs, window, fault)
+                    if denied is not None:
+                        self._record(denied.status, denied, query)
+        if hang:
+            await self._hang(scope, receive)
+            return
         if denied is not None:
             await respond_error(send, denied, window)
             return
         selections, backfill, recovery, _ = self._parse_stream_query(pairs)
-        transport = scope.get("extensions", {}).get(TRANSPORT_KEY)
+        if state.settings.tier not in state.settings.backfill_tiers:
+            backfill = 0  # Enterprise-only at X: accepted and ignored elsewhere (config.py)
         accepts_gzip = "gzip" in (_header(scope, b"accept-encoding") or "").lower()
         use_gzip = state.config.gzip and accepts_gzip
         session = StreamSession(
-            state, self.feed, fields.selection_from(selections), send, transport, use_gzip,
-            backfill_minutes=backfill, recovery=recovery,
+            state, self.feed, fields.selection_from(selections), send, connection_of(scope),
+            use_gzip, backfill_minutes=backfill, recovery=recovery,
         )
         with state.lock:
             # Re-check the slot under the lock: another connect may have won meanwhile.
@@ -243,13 +339,32 @@ class SimulatorApp:
             raise
         await session.run(receive)
 
+    async def _hang(self, scope: Scope, receive: Receive) -> None:
+        """ConnectFault.hang: no answer until the client goes away or the simulator stops
+        (then the connection is dropped unanswered). No stream slot is taken."""
+        stop = self.state.stop_event
+        if stop is not None and stop.is_set():
+            await drop_unanswered(scope, receive, "abort")
+            return
+        gone = asyncio.ensure_future(wait_disconnect(receive))
+        waiters: set[asyncio.Future[Any]] = {gone}
+        if stop is not None:
+            waiters.add(asyncio.ensure_future(stop.wait()))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        if gone.cancelled():  # the simulator stops; the client is still waiting
+            await drop_unanswered(scope, receive, "abort")
+
     def _connect_check(
-        self, pairs: list[tuple[str, str]], window: WindowState
+        self, pairs: list[tuple[str, str]], window: WindowState, fault: ConnectFault | None
     ) -> tuple[ErrorAnswer | None, WindowState]:
         """Checks after auth, in X's order; returns the answer and the rate-limit state for
         its headers (an injected rate-limit fault brings its own). Caller holds the lock."""
         state = self.state
-        fault = state.next_connect_fault()
         if fault is not None:
             reset = fault.reset_at()
             if reset is not None:
@@ -278,7 +393,9 @@ class SimulatorApp:
     def _take_slot(self, session: StreamSession) -> ErrorAnswer | None:
         state = self.state
         limit = state.settings.limits.connections
-        holders = [s for s in state.sessions if not s.finished and not s.kicked]
+        # A stream whose client has already closed or reset it holds no slot, even before
+        # its session has noticed: a client that reconnects at once must not be refused.
+        holders = [s for s in state.sessions if s.holds_slot()]
         if len(holders) >= limit:
             if state.settings.connection_policy == "reject_new":
                 return problems.too_many_connections(self.host)
@@ -290,11 +407,42 @@ class SimulatorApp:
 
     # --- rules --------------------------------------------------------------------------
 
-    async def rules_get(self, scope: Scope, send: Send) -> None:
-        state = self.state
-        denied, window = self._gate(scope, state.rules_get_window)
+    async def rules(self, method: str, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = _RulesExchange(self.state, method, send)
+        try:
+            if method == "GET":
+                await self.rules_get(scope, receive, exchange)
+            else:
+                await self.rules_post(scope, receive, exchange)
+        finally:
+            exchange.record()
+
+    async def _refused(
+        self,
+        scope: Scope,
+        receive: Receive,
+        exchange: _RulesExchange,
+        denied: ErrorAnswer | None,
+        window: WindowState,
+        fault: RulesFault | None,
+    ) -> bool:
+        """Answer a rules request that a fault or the gate refuses; False to go on."""
+        if fault is not None:
+            exchange.fault = fault.kind
+            if fault.kind == "connection_reset":  # no answer at all
+                exchange.record()
+                await drop_unanswered(scope, receive, "reset")
+                return True
         if denied is not None:
-            await respond_error(send, denied, window)
+            await respond_error(exchange.send, denied, window)
+            return True
+        return False
+
+    async def rules_get(self, scope: Scope, receive: Receive, exchange: _RulesExchange) -> None:
+        state = self.state
+        send = exchange.send
+        denied, window, fault = self._gate(scope, state.rules_get_window, "GET")
+        if await self._refused(scope, receive, exchange, denied, window, fault):
             return
         pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         errors: list[dict[str, Any]] = []
@@ -340,12 +488,14 @@ class SimulatorApp:
             body = state.rules.lookup(ids=ids, max_results=max_results, offset=offset)
         await respond(send, 200, orjson.dumps(body), JSON, window.headers())
 
-    async def rules_post(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def rules_post(
+        self, scope: Scope, receive: Receive, exchange: _RulesExchange
+    ) -> None:
         state = self.state
-        denied, window = self._gate(scope, state.rules_post_window)
+        send = exchange.send
+        denied, window, fault = self._gate(scope, state.rules_post_window, "POST")
         raw = await read_body(receive)
-        if denied is not None:
-            await respond_error(send, denied, window)
+        if await self._refused(scope, receive, exchange, denied, window, fault):
             return
         pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         flags = {"dry_run": False, "delete_all": False}
@@ -384,7 +534,7 @@ class SimulatorApp:
 
     async def rule_counts(self, scope: Scope, send: Send) -> None:
         state = self.state
-        denied, window = self._gate(scope, state.rules_get_window)
+        denied, window, _ = self._gate(scope, state.rules_get_window)
         if denied is not None:
             await respond_error(send, denied, window)
             return
@@ -459,6 +609,16 @@ class SimulatorApp:
             count = int(payload.pop("count", 1))
             state.inject_connect(ConnectFault.from_dict(payload), count)
             return {"ok": True}
+        if name == "rules-faults" and method == "POST":
+            state.inject_rules_fault(*parse_rules_fault_spec(payload))
+            return {"ok": True}
+        if name == "rules-requests" and method == "GET":
+            with state.lock:
+                return [
+                    {"at": r.at, "method": r.method, "status": r.status,
+                     "problem_type": r.problem_type, "fault": r.fault}
+                    for r in state.rules_log
+                ]
         if name == "config" and method == "POST":
             control.configure(state, payload)
             return control.settings_json(state)

@@ -41,6 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
                              " only when what follows contains no space")
     parser.add_argument("--problem-host", default="api.twitter.com",
                         choices=("api.twitter.com", "api.x.com"))
+    parser.add_argument("--rule-propagation-delay", type=float, default=20.0,
+                        metavar="SECONDS",
+                        help="how long a rule change takes to reach open streams (default"
+                             " 20, as X); --rule preloads are in force from the start")
+    tls = parser.add_argument_group(
+        "TLS and HTTP/2",
+        "X serves the stream over HTTPS with HTTP/2. With a certificate the simulator serves"
+        " HTTPS (the URL names localhost for a loopback --host); a client trusts a private"
+        " CA with SSL_CERT_FILE=<ca.pem>.",
+    )
+    tls.add_argument("--tls-cert", metavar="PEM", default=None,
+                     help="server certificate chain (PEM); enables HTTPS (default: plain HTTP)")
+    tls.add_argument("--tls-key", metavar="PEM", default=None,
+                     help="private key (PEM) for --tls-cert, unless that file holds it too")
+    tls.add_argument("--http2", action="store_true",
+                     help="offer HTTP/2 by ALPN (h2), HTTP/1.1 stays available on the same"
+                          " port; needs --tls-cert (default: HTTP/1.1 only)")
     return parser
 
 
@@ -77,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             scenario_file=args.scenario,
             seed=args.seed,
             match_all=args.match_all,
+            rule_propagation_delay=args.rule_propagation_delay,
+            tls_certfile=args.tls_cert,
+            tls_keyfile=args.tls_key,
+            http2=args.http2,
         )
         simulator = Simulator(config)
     except (ValueError, OSError) as exc:
@@ -95,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"streamd simulate: cannot start: {exc}", file=sys.stderr)
             return int(ExitCode.INTERNAL)
         if args.rule:
-            simulator.add_rules([parse_rule(rule) for rule in args.rule])
+            # Rules the account already had: no propagation delay.
+            simulator.add_rules([parse_rule(rule) for rule in args.rule], immediate=True)
         print(f"simulator listening on {simulator.url}", flush=True)
         print(f"bearer token: {config.tokens[0]}", flush=True)
         while not stop.wait(0.5):

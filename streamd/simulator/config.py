@@ -32,7 +32,20 @@ TIERS: dict[str, TierLimits] = {
 
 @dataclass
 class SimulatorConfig:
-    """Start-up settings. Fields that can change live go through Simulator.set_* methods."""
+    """Start-up settings. Fields that can change live go through Simulator.set_* methods.
+
+    `rule_propagation_delay` defaults to 20 s, as X ("Most rule additions take effect about
+    20 seconds or less"): a test that needs rules in force at once sets it to 0.
+
+    `backfill_tiers`: the tiers on which `backfill_minutes` is honoured. X documents it as
+    Enterprise-only; elsewhere it is accepted (still range-checked) and ignored, our
+    assumption as no refusal was ever captured.
+
+    TLS: with `tls_certfile` (and `tls_keyfile` unless the key is in the same PEM) it serves
+    HTTPS; `http2=True` then offers HTTP/2 by ALPN ("h2"), HTTP/1.1 stays available on the
+    same port for clients that do not offer h2. HTTP/2 needs TLS (X serves h2 only over
+    TLS; there is no cleartext h2c here).
+    """
 
     host: str = "127.0.0.1"
     port: int = 0
@@ -46,7 +59,7 @@ class SimulatorConfig:
     connect_window_limit: int = 50
     connect_window_seconds: float = 900.0
     usage_cap: int | None = None
-    rule_propagation_delay: float = 0.0
+    rule_propagation_delay: float = 20.0
     problem_host: str = "api.twitter.com"
     gzip: bool = False
     replay_file: str | Path | None = None
@@ -60,6 +73,10 @@ class SimulatorConfig:
     rules_get_limit: int = 450
     rules_post_limit: int = 100
     rules_window_seconds: float = 900.0
+    backfill_tiers: tuple[str, ...] = ("enterprise",)
+    tls_certfile: str | Path | None = None
+    tls_keyfile: str | Path | None = None
+    http2: bool = False
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
@@ -70,6 +87,16 @@ class SimulatorConfig:
             raise ValueError("tweets_per_second must be >= 0")
         if self.heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be > 0")
+        if self.rule_propagation_delay < 0:
+            raise ValueError("rule_propagation_delay must be >= 0")
+        self.backfill_tiers = tuple(self.backfill_tiers)
+        unknown = sorted(set(self.backfill_tiers) - set(TIERS))
+        if unknown:
+            raise ValueError(f"unknown backfill_tiers {unknown}; expected tiers of {sorted(TIERS)}")
+        if self.tls_keyfile is not None and self.tls_certfile is None:
+            raise ValueError("tls_keyfile needs tls_certfile")
+        if self.http2 and self.tls_certfile is None:
+            raise ValueError("http2 needs TLS (tls_certfile): X serves HTTP/2 only over TLS")
         self.tokens = tuple(self.tokens)
         self.user_context_tokens = tuple(self.user_context_tokens)
 

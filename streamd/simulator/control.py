@@ -13,13 +13,16 @@ from streamd.simulator.state import SimulatorState
 
 SETTABLE = (
     "tier", "tweets_per_second", "total_tweets", "heartbeat_interval", "connection_policy",
-    "usage_cap", "match_all", "rule_propagation_delay",
+    "usage_cap", "match_all", "rule_propagation_delay", "backfill_tiers",
 )
 
 
-def add_rules(state: SimulatorState, items: Iterable[tuple[str, str | None]]) -> list[str]:
+def add_rules(
+    state: SimulatorState, items: Iterable[tuple[str, str | None]], immediate: bool = False
+) -> list[str]:
     """Server-side add that bypasses HTTP, tier limits and rate limits; returns the ids of the
-    new rules in order (an existing identical value returns the existing id)."""
+    new rules in order (an existing identical value returns the existing id). `immediate`:
+    the whole rule set reaches the stream at once instead of after the propagation delay."""
     pairs = list(items)
     for value, _ in pairs:
         try:
@@ -32,6 +35,8 @@ def add_rules(state: SimulatorState, items: Iterable[tuple[str, str | None]]) ->
             pairs, host=state.config.problem_host, max_rules=10**9, max_length=0,
         )
         ids = [state.rules.id_for_value(value) for value, _ in pairs]
+        if immediate:
+            state.rules.take_effect_now()
     state.wake_all()
     return ids
 
@@ -86,7 +91,15 @@ def configure(state: SimulatorState, changes: dict[str, Any]) -> None:
         if "match_all" in changes:
             settings.match_all = bool(changes["match_all"])
         if "rule_propagation_delay" in changes:
-            state.rules.propagation_delay = float(changes["rule_propagation_delay"])
+            delay = float(changes["rule_propagation_delay"])
+            if delay < 0:
+                raise ValueError("rule_propagation_delay must be >= 0")
+            state.rules.propagation_delay = delay
+        if "backfill_tiers" in changes:
+            tiers = changes["backfill_tiers"]
+            if isinstance(tiers, str) or not all(t in TIERS for t in tiers):
+                raise ValueError(f"backfill_tiers must be a list of tiers of {sorted(TIERS)}")
+            settings.backfill_tiers = tuple(str(t) for t in tiers)
     state.wake_all()
 
 
@@ -103,4 +116,5 @@ def settings_json(state: SimulatorState) -> dict[str, Any]:
             "usage_cap": s.usage_cap,
             "match_all": s.match_all,
             "rule_propagation_delay": state.rules.propagation_delay,
+            "backfill_tiers": list(s.backfill_tiers),
         }

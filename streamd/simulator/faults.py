@@ -1,13 +1,29 @@
-"""Scriptable faults: Fault acts on open streams, ConnectFault answers connect attempts."""
+"""Scriptable faults: Fault acts on open streams, ConnectFault answers connect attempts.
+
+How a stream ends (`end`, for the faults that end it: close, operational_disconnect,
+usage_capped):
+
+* "clean": the body ends properly (terminating chunk / END_STREAM);
+* "reset": TCP RST (SO_LINGER 0 + abort) once what was sent has reached the client;
+* "no_final_chunk": TCP FIN without ending the body (no terminating chunk over HTTP/1.1, no
+  END_STREAM over HTTP/2);
+* "rst_stream": HTTP/2 RST_STREAM (NO_ERROR, as X was seen doing) on that stream, the
+  connection stays up. HTTP/1.1 has no per-request reset: there it is a TCP RST, as "reset".
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from streamd.simulator import problems
+
+StreamEnd = Literal["clean", "reset", "no_final_chunk", "rst_stream"]
+STREAM_ENDS: tuple[str, ...] = ("clean", "reset", "no_final_chunk", "rst_stream")
+# Faults that end the stream, and so take `end`.
+ENDING_FAULTS = ("close", "operational_disconnect", "usage_capped")
 
 STREAM_FAULT_KINDS = (
     "operational_disconnect",
@@ -23,19 +39,22 @@ STREAM_FAULT_KINDS = (
     "unknown_fields",
     "partial_errors",
     "slow_reader_drop",
+    "usage_capped",
     "raw",
 )
 
 
 @dataclass(frozen=True)
 class Fault:
-    """One in-stream fault. `count` repeats line faults; `seconds` is for stalls."""
+    """One in-stream fault. `count` repeats line faults; `seconds` is for stalls; `end` says
+    how an ending fault ends the stream (module docstring)."""
 
     kind: str
     disconnect_type: str = "OperationalDisconnect"
     seconds: float = 0.0
     count: int = 1
     lines: tuple[bytes, ...] = ()
+    end: str = "clean"
 
     def __post_init__(self) -> None:
         if self.kind not in STREAM_FAULT_KINDS:
@@ -46,14 +65,28 @@ class Fault:
             raise ValueError(f"unknown disconnect_type {self.disconnect_type!r}")
         if self.count < 1:
             raise ValueError("count must be >= 1")
+        if self.end not in STREAM_ENDS:
+            raise ValueError(f"unknown end {self.end!r}; expected one of {STREAM_ENDS}")
+        if self.end != "clean" and self.kind not in ENDING_FAULTS:
+            raise ValueError(f"`end` applies only to {ENDING_FAULTS}, not {self.kind!r}")
 
     @classmethod
-    def operational_disconnect(cls, disconnect_type: str = "OperationalDisconnect") -> Fault:
-        return cls("operational_disconnect", disconnect_type=disconnect_type)
+    def operational_disconnect(
+        cls, disconnect_type: str = "OperationalDisconnect", end: StreamEnd = "clean"
+    ) -> Fault:
+        """The `{"errors":[operational-disconnect]}` line, then the end of the stream."""
+        return cls("operational_disconnect", disconnect_type=disconnect_type, end=end)
 
     @classmethod
-    def close(cls) -> Fault:
-        return cls("close")
+    def usage_capped(cls, end: StreamEnd = "clean") -> Fault:
+        """The `{"errors":[usage-capped]}` line, then the end of the stream. It does not
+        refuse later connects: `usage_cap` or a ConnectFault does that."""
+        return cls("usage_capped", end=end)
+
+    @classmethod
+    def close(cls, end: StreamEnd = "clean") -> Fault:
+        """End the stream with no message; `end="rst_stream"` is a bare RST_STREAM."""
+        return cls("close", end=end)
 
     @classmethod
     def reset_mid_line(cls) -> Fault:
@@ -117,6 +150,7 @@ class Fault:
             disconnect_type=str(spec.get("disconnect_type", "OperationalDisconnect")),
             seconds=float(spec.get("seconds", 0.0)),
             count=int(spec.get("count", 1)),
+            end=str(spec.get("end", "clean")),
         )
 
 
@@ -129,6 +163,7 @@ class ConnectFault:
 
     `problem` names a builder in problems.py; `v1` holds (code, message) for legacy bodies;
     `reset_in` sets x-rate-limit-remaining to 0 and the reset `reset_in` seconds ahead.
+    `problem="hang"` (status 0) is no answer at all: see `hang`.
     """
 
     http_status: int
@@ -150,6 +185,17 @@ class ConnectFault:
     @classmethod
     def server_error(cls, status: int = 503) -> ConnectFault:
         return cls(status)
+
+    @classmethod
+    def hang(cls) -> ConnectFault:
+        """Accept the request and never send the response headers, until the client goes
+        away or the simulator stops. Recorded in the connect log with status 0; it holds
+        no stream slot."""
+        return cls(0, problem="hang")
+
+    @property
+    def hangs(self) -> bool:
+        return self.problem == "hang"
 
     @classmethod
     def over_capacity(cls) -> ConnectFault:
@@ -221,6 +267,7 @@ class ConnectFault:
             "unauthorized": cls.unauthorized,
             "client_forbidden": cls.client_forbidden,
             "unsupported_authentication": cls.unsupported_authentication,
+            "hang": cls.hang,
         }
         if kind not in named:
             raise ValueError(f"unknown connect fault kind {kind!r}")

@@ -1,5 +1,8 @@
 """Error bodies exactly as X sends them (x-filtered-stream.md §3). Each builder returns an
-ErrorAnswer: status, JSON body, content type, and the problem type/detail for the records."""
+ErrorAnswer: status, JSON body, content type, and the problem type/detail for the records.
+
+Content type: every error body is served as `application/json; charset=utf-8`, as in the
+captured responses, although X's OpenAPI also allows `application/problem+json`."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ from typing import Any
 
 import orjson
 
-PROBLEM_JSON = "application/problem+json"
 PLAIN_JSON = "application/json; charset=utf-8"
 
 DISCONNECT_TYPES = (
@@ -68,7 +70,7 @@ def _problem(status: int, body: dict[str, Any]) -> ErrorAnswer:
     return ErrorAnswer(
         status=status,
         body=orjson.dumps(body),
-        content_type=PROBLEM_JSON,
+        content_type=PLAIN_JSON,
         problem_type=str(body["type"]),
         detail=body.get("detail"),
     )
@@ -136,8 +138,10 @@ def unsupported_authentication(host: str, scheme: str = "OAuth 2.0 User Context"
     return _problem(403, body)
 
 
-def usage_capped(host: str, product_name: str = "standard-basic") -> ErrorAnswer:
-    body = {
+def usage_capped_problem(host: str, product_name: str = "standard-basic") -> dict[str, Any]:
+    """The usage-capped Problem, key order of the capture (its account_id was redacted; this
+    one is made up)."""
+    return {
         "account_id": "1234567890123456789",
         "product_name": product_name,
         "title": "UsageCapExceeded",
@@ -146,7 +150,10 @@ def usage_capped(host: str, product_name: str = "standard-basic") -> ErrorAnswer
         "detail": "Usage cap exceeded: Monthly product cap",
         "type": problem_uri(host, "usage-capped"),
     }
-    return _problem(429, body)
+
+
+def usage_capped(host: str, product_name: str = "standard-basic") -> ErrorAnswer:
+    return _problem(429, usage_capped_problem(host, product_name))
 
 
 def too_many_connections(host: str) -> ErrorAnswer:

@@ -30,8 +30,22 @@ class SentLine:
 
 @dataclass(frozen=True)
 class ConnectRecord:
+    """One connect attempt. `status` 0: accepted and never answered (ConnectFault.hang)."""
+
     at: float
     status: int
     problem_type: str | None
     detail: str | None
     query: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RulesRequestRecord:
+    """One request to GET/POST /2/tweets/search/stream/rules, as answered. `status` 0: no
+    answer (an injected connection reset); `fault` names the injected RulesFault, if any."""
+
+    at: float
+    method: str
+    status: int
+    problem_type: str | None = None
+    fault: str | None = None

@@ -90,6 +90,11 @@ class RuleStore:
             del history[:chosen]  # older snapshots can never be chosen again
         return history[0][1]
 
+    def take_effect_now(self) -> None:
+        """Every change so far reaches the matcher at once, skipping the propagation delay
+        (for rules the account already had when the simulator started)."""
+        self._history = [(self._clock(), self._history[-1][1])]
+
     def next_change_in(self) -> float | None:
         """Seconds until a pending (not yet effective) change applies, else None."""
         now = self._clock()

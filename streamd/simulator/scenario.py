@@ -6,7 +6,11 @@ Format (JSON shown; TOML uses [[events]] tables with the same keys):
      "events": [
        {"at": 2.0, "fault": "operational_disconnect", "disconnect_type": "ForceDisconnect"},
        {"at": 5.0, "fault": "stall", "seconds": 25},
+       {"at": 7.0, "fault": "usage_capped", "end": "reset"},
        {"at": 9.0, "connect_fault": {"kind": "status", "status": 503}, "count": 2},
+       {"at": 10.0, "connect_fault": {"kind": "hang"}},
+       {"at": 11.0, "rules_fault": {"kind": "server_error", "status": 503, "method": "POST",
+                                    "count": 2}},
        {"at": 12.0, "config": {"tweets_per_second": 500}},
        {"at": 15.0, "rules": {"add": [{"value": "cat", "tag": "cats"}]}}
      ]}
@@ -27,6 +31,7 @@ import orjson
 
 from streamd.simulator import control
 from streamd.simulator.faults import ConnectFault, Fault
+from streamd.simulator.rules_faults import parse_rules_fault_spec
 from streamd.simulator.state import SimulatorState
 
 
@@ -69,8 +74,12 @@ def _validate(action: dict[str, Any]) -> None:
         Fault.from_dict(action)
     elif "connect_fault" in action:
         ConnectFault.from_dict(dict(action["connect_fault"]))
+    elif "rules_fault" in action:
+        parse_rules_fault_spec(dict(action["rules_fault"]))
     elif "config" not in action and "rules" not in action:
-        raise ValueError(f"scenario event has no fault/connect_fault/config/rules: {action}")
+        raise ValueError(
+            f"scenario event has no fault/connect_fault/rules_fault/config/rules: {action}"
+        )
 
 
 def apply(state: SimulatorState, action: dict[str, Any]) -> None:
@@ -80,6 +89,8 @@ def apply(state: SimulatorState, action: dict[str, Any]) -> None:
         state.inject_connect(
             ConnectFault.from_dict(dict(action["connect_fault"])), int(action.get("count", 1))
         )
+    elif "rules_fault" in action:
+        state.inject_rules_fault(*parse_rules_fault_spec(dict(action["rules_fault"])))
     elif "config" in action:
         control.configure(state, dict(action["config"]))
     elif "rules" in action:

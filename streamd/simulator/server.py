@@ -9,34 +9,83 @@ import threading
 import time
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from streamd.simulator import control
-from streamd.simulator.app import TRANSPORT_KEY, SimulatorApp
+from streamd.simulator.app import SimulatorApp
 from streamd.simulator.config import SimulatorConfig
+from streamd.simulator.connection import CONNECTION_KEY, TransportConnection
 from streamd.simulator.faults import ConnectFault, Fault
 from streamd.simulator.feed import Feed
-from streamd.simulator.records import ConnectRecord, Rule, SentLine, SentTweet
+from streamd.simulator.h2_server import H2Protocol
+from streamd.simulator.records import (
+    ConnectRecord,
+    Rule,
+    RulesRequestRecord,
+    SentLine,
+    SentTweet,
+)
+from streamd.simulator.rules_faults import RULES_METHODS, RulesFault
 from streamd.simulator.scenario import load_scenario, run_scenario
 from streamd.simulator.state import SimulatorState
+from streamd.simulator.tls import server_context
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-class _TransportExposingH11(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, plus the transport in the ASGI scope: the stream needs
-    it to reset sockets (RST mid-line) and to see when a slow reader stops taking data."""
+class _ConnectionExposingH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, plus connection control in the ASGI scope: the stream
+    needs it to reset sockets (RST mid-line), to see when a slow reader stops taking data,
+    and to notice at once that the client went away."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.control: TransportConnection | None = None
         inner = self.app
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
-            scope.setdefault("extensions", {})[TRANSPORT_KEY] = self.transport
+            scope.setdefault("extensions", {})[CONNECTION_KEY] = self.control
             await inner(scope, receive, send)
 
         self.app = app
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.control = TransportConnection(transport)
+
+    def eof_received(self) -> None:
+        if self.control is not None:
+            self.control.lost = True
+        super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.control is not None:
+            self.control.lost = True
+        super().connection_lost(exc)
+
+
+class _AlpnSwitch(asyncio.Protocol):
+    """Takes a TLS connection and hands it to the protocol ALPN agreed on: our HTTP/2 front
+    end for "h2", uvicorn's HTTP/1.1 otherwise. asyncio calls connection_made only after
+    the handshake, so the choice is known here."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        protocol: asyncio.BaseProtocol
+        if chosen == "h2":
+            protocol = H2Protocol(**self._kwargs)
+        else:
+            protocol = _ConnectionExposingH11(**self._kwargs)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -59,6 +108,12 @@ class Simulator:
         self._scenario = (
             load_scenario(self.config.scenario_file) if self.config.scenario_file else None
         )
+        # Built now, so a bad certificate or key fails here (OSError / ssl.SSLError).
+        self._ssl = (
+            server_context(self.config.tls_certfile, self.config.tls_keyfile, self.config.http2)
+            if self.config.tls_certfile is not None
+            else None
+        )
         self._thread: threading.Thread | None = None
         self._server: _EmbeddedServer | None = None
         self._error: BaseException | None = None
@@ -69,18 +124,23 @@ class Simulator:
     def start(self, timeout: float = 10.0) -> Simulator:
         if self._thread is not None:
             raise RuntimeError("simulator already started")
+        config = self.config
         uv_config = uvicorn.Config(
             self._app,
-            host=self.config.host,
-            port=self.config.port,
+            host=config.host,
+            port=config.port,
             log_level="warning",
             lifespan="off",
-            http=_TransportExposingH11,
+            http=_AlpnSwitch if config.http2 else _ConnectionExposingH11,
             interface="asgi3",
             server_header=False,
             access_log=False,
             log_config=None,  # leave the host process's logging alone
         )
+        if self._ssl is not None:
+            # Our own context: uvicorn's sets no ALPN, and HTTP/2 is chosen by ALPN.
+            uv_config.load()
+            uv_config.ssl = self._ssl
         self._server = _EmbeddedServer(uv_config)
         self._thread = threading.Thread(target=self._run, name="streamd-simulator", daemon=True)
         self._thread.start()
@@ -98,6 +158,7 @@ class Simulator:
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
+        self.state.stop_event = asyncio.Event()
         self.state.loop = loop
         self.state.started_at = time.monotonic()
         try:
@@ -127,8 +188,7 @@ class Simulator:
     def stop(self, timeout: float = 10.0) -> None:
         if self._server is None or self._thread is None:
             return
-        self.state.stopping = True
-        self.state.wake_all()
+        self.state.request_stop()
         # Streams end cleanly at their next step; one blocked on a reader that stopped
         # reading would wait for the slow-reader timeout, so abort it after a grace period.
         deadline = time.monotonic() + 1.0
@@ -136,9 +196,9 @@ class Simulator:
             time.sleep(0.01)
         loop = self.state.loop
         for session in self.state.open_sessions():
-            if session.transport is not None and loop is not None and not loop.is_closed():
+            if session.conn is not None and loop is not None and not loop.is_closed():
                 with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(session.transport.abort)
+                    loop.call_soon_threadsafe(session.conn.abort)
         self._server.should_exit = True
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -161,16 +221,25 @@ class Simulator:
 
     @property
     def url(self) -> str:
+        """http://HOST:PORT; with TLS https://, and a loopback host is named "localhost",
+        the name the test certificate is made for."""
         host = self.config.host
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        if self.config.tls_certfile is not None:
+            if host in _LOOPBACK:
+                host = "localhost"
+            return f"https://{_bracket(host)}:{self.port}"
+        return f"http://{_bracket(host)}:{self.port}"
 
     # --- rules --------------------------------------------------------------------------
 
-    def add_rules(self, items: Iterable[tuple[str, str | None] | str]) -> list[str]:
+    def add_rules(
+        self, items: Iterable[tuple[str, str | None] | str], *, immediate: bool = False
+    ) -> list[str]:
+        """Add rules server-side. They reach the stream after `rule_propagation_delay`
+        (default 20 s), unless `immediate`: then the whole rule set is in force at once
+        (rules the account already had)."""
         pairs = [(item, None) if isinstance(item, str) else item for item in items]
-        return control.add_rules(self.state, pairs)
+        return control.add_rules(self.state, pairs, immediate=immediate)
 
     def delete_rules(self, ids: Iterable[str]) -> None:
         control.delete_rules(self.state, ids)
@@ -186,6 +255,19 @@ class Simulator:
 
     def inject_connect(self, fault: ConnectFault, count: int = 1) -> None:
         self.state.inject_connect(fault, count)
+
+    def inject_rules_fault(
+        self,
+        fault: RulesFault,
+        method: Literal["GET", "POST", "any"] = "any",
+        count: int = 1,
+    ) -> None:
+        """The next `count` rules requests of `method` get `fault` (in injection order)."""
+        if method not in RULES_METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {RULES_METHODS}")
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        self.state.inject_rules_fault(fault, method, count)
 
     # --- live settings ------------------------------------------------------------------
 
@@ -220,6 +302,26 @@ class Simulator:
         with self.state.lock:
             return list(self.state.connect_log)
 
+    def rules_requests(self) -> list[RulesRequestRecord]:
+        """Every GET/POST /2/tweets/search/stream/rules request, as answered."""
+        with self.state.lock:
+            return list(self.state.rules_log)
+
+    def wait_connects(self, n: int, timeout: float) -> bool:
+        """Block until at least `n` connect attempts are recorded (a hanging connect is
+        recorded as soon as its request is in)."""
+        with self.state.log_changed:
+            return self.state.log_changed.wait_for(
+                lambda: len(self.state.connect_log) >= n, timeout
+            )
+
+    def wait_rules_requests(self, n: int, timeout: float) -> bool:
+        """Block until at least `n` rules requests are recorded (answered or reset)."""
+        with self.state.log_changed:
+            return self.state.log_changed.wait_for(
+                lambda: len(self.state.rules_log) >= n, timeout
+            )
+
     def active_connections(self) -> int:
         return len(list(self.state.open_sessions()))
 
@@ -237,3 +339,7 @@ class Simulator:
                 return False
             time.sleep(0.005)
         return True
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

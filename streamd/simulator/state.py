@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 from streamd.simulator.config import TIERS, SimulatorConfig, TierLimits
 from streamd.simulator.faults import ConnectFault, Fault
 from streamd.simulator.ratelimit import FixedWindow
-from streamd.simulator.records import ConnectRecord, SentLine, SentTweet
+from streamd.simulator.records import ConnectRecord, RulesRequestRecord, SentLine, SentTweet
 from streamd.simulator.rules import RuleStore
+from streamd.simulator.rules_faults import RulesFault
 
 if TYPE_CHECKING:
     from streamd.simulator.stream import StreamSession
@@ -32,6 +33,7 @@ class LiveSettings:
     connection_policy: str
     usage_cap: int | None
     match_all: bool
+    backfill_tiers: tuple[str, ...]
 
     @property
     def limits(self) -> TierLimits:
@@ -72,6 +74,8 @@ class SimulatorState:
         self.config = config
         self.lock = threading.RLock()
         self.sent_changed = threading.Condition(self.lock)
+        # Notified on every new connect or rules request record.
+        self.log_changed = threading.Condition(self.lock)
         self.settings = LiveSettings(
             tier=config.tier,
             tweets_per_second=config.tweets_per_second,
@@ -80,6 +84,7 @@ class SimulatorState:
             connection_policy=config.connection_policy,
             usage_cap=config.usage_cap,
             match_all=config.match_all,
+            backfill_tiers=tuple(config.backfill_tiers),
         )
         self.rules = RuleStore()
         self.rules.propagation_delay = config.rule_propagation_delay
@@ -90,10 +95,15 @@ class SimulatorState:
         self.other_lines: list[SentLine] = []
         self.connect_log: list[ConnectRecord] = []
         self.connect_faults: collections.deque[ConnectFault] = collections.deque()
+        # (fault, method) in injection order; a request takes the first that matches it.
+        self.rules_faults: list[tuple[RulesFault, str]] = []
+        self.rules_log: list[RulesRequestRecord] = []
         # Faults injected while no stream is open wait for the next stream.
         self.pending_faults: list[Fault] = []
         self.sessions: list[StreamSession] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Set (in the loop) when the simulator stops: ends requests that never answer.
+        self.stop_event: asyncio.Event | None = None
         self.started_at = time.monotonic()
         self.stopping = False
 
@@ -111,6 +121,12 @@ class SimulatorState:
     def record_connect(self, record: ConnectRecord) -> None:
         with self.lock:
             self.connect_log.append(record)
+            self.log_changed.notify_all()
+
+    def record_rules_request(self, record: RulesRequestRecord) -> None:
+        with self.lock:
+            self.rules_log.append(record)
+            self.log_changed.notify_all()
 
     def sent_count(self) -> int:
         return len(self.sent.ids)
@@ -148,6 +164,29 @@ class SimulatorState:
     def next_connect_fault(self) -> ConnectFault | None:
         with self.lock:
             return self.connect_faults.popleft() if self.connect_faults else None
+
+    def inject_rules_fault(self, fault: RulesFault, method: str, count: int) -> None:
+        with self.lock:
+            self.rules_faults.extend([(fault, method)] * count)
+
+    def next_rules_fault(self, method: str) -> RulesFault | None:
+        with self.lock:
+            for index, (fault, wanted) in enumerate(self.rules_faults):
+                if wanted in (method, "any"):
+                    del self.rules_faults[index]
+                    return fault
+            return None
+
+    def request_stop(self) -> None:
+        """From any thread: streams end at their next step, hanging requests at once."""
+        self.stopping = True
+        loop, event = self.loop, self.stop_event
+        if loop is not None and event is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # loop closed between the check and the call
+                return
+        self.wake_all()
 
     def wake_all(self) -> None:
         loop = self.loop

@@ -8,8 +8,6 @@ import asyncio
 import collections
 import contextlib
 import math
-import socket
-import struct
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -18,6 +16,7 @@ from typing import Any
 import orjson
 
 from streamd.simulator import problems
+from streamd.simulator.connection import ConnectionControl
 from streamd.simulator.faults import Fault
 from streamd.simulator.feed import Event, Feed
 from streamd.simulator.state import SimulatorState
@@ -35,12 +34,18 @@ _MALFORMED_LINES = (
 )
 
 
+# A fault's `end` -> how _finish ends the stream.
+_ENDS = {"clean": "end", "reset": "reset", "no_final_chunk": "drop", "rst_stream": "rst_stream"}
+
+
 class _StreamEnded(Exception):
-    """Raised inside the loop to stop sending; `how` says how the socket ends."""
+    """Raised inside the loop to stop sending; `how` says how the stream ends: "end" (clean
+    end of body), "drop" (FIN, body not ended), "reset" (TCP RST after a drain),
+    "rst_stream" (HTTP/2 RST_STREAM after a drain), "abort" (discard buffer), "gone"."""
 
     def __init__(self, how: str) -> None:
         super().__init__(how)
-        self.how = how  # "end" (clean end of body), "drop" (close), "abort" (discard buffer)
+        self.how = how
 
 
 class StreamSession:
@@ -50,7 +55,7 @@ class StreamSession:
         feed: Feed,
         selection: FieldSelection,
         send: ASGISend,
-        transport: asyncio.Transport | None,
+        conn: ConnectionControl | None,
         use_gzip: bool,
         backfill_minutes: int = 0,
         recovery: tuple[float, float] | None = None,
@@ -60,7 +65,7 @@ class StreamSession:
         self.selection = selection
         self.host = state.config.problem_host
         self._send = send
-        self.transport = transport
+        self.conn = conn
         self.faults: collections.deque[Fault] = collections.deque()
         self.wake = asyncio.Event()
         self.finished = False
@@ -79,6 +84,12 @@ class StreamSession:
         self._swap_next = 0
         self._batch = 128
 
+    def holds_slot(self) -> bool:
+        """Counts against the tier's connection limit: open, not kicked, client still there."""
+        if self.finished or self.kicked or self.client_gone.is_set():
+            return False
+        return self.conn is None or not self.conn.gone()
+
     # --- writing ------------------------------------------------------------------------
 
     def _encode(self, data: bytes) -> bytes:
@@ -91,8 +102,8 @@ class StreamSession:
         if self.client_gone.is_set():
             raise _StreamEnded("gone")
         message = {"type": "http.response.body", "body": self._encode(data), "more_body": True}
-        transport = self.transport
-        if transport is not None and transport.get_write_buffer_size() > 0:
+        conn = self.conn
+        if conn is not None and conn.backlogged():
             try:
                 await asyncio.wait_for(self._send(message), self.state.config.slow_reader_seconds)
             except TimeoutError:
@@ -155,47 +166,41 @@ class StreamSession:
                 return
 
     async def _finish(self, how: str) -> None:
-        transport = self.transport
+        conn = self.conn
         if how == "end":
             tail = self._compressor.flush(zlib.Z_FINISH) if self._compressor else b""
             with contextlib.suppress(Exception):
                 await self._send({"type": "http.response.body", "body": tail, "more_body": False})
-            if transport is not None:
-                transport.close()
+            if conn is not None:
+                conn.release()
             return
-        if how == "gone" or transport is None:
+        if how == "gone" or conn is None:
             return
-        if how == "reset":
-            await self._drain(2.0)
-            with contextlib.suppress(OSError):
-                sock = transport.get_extra_info("socket")
-                if sock is not None:
-                    # SO_LINGER 0: close sends RST instead of FIN.
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
+        if how in ("reset", "rst_stream"):
+            # What was sent (the disconnect message, half a line) must reach the client
+            # before the reset, or its kernel would discard it.
+            await conn.flushed(2.0)
+            if how == "reset":
+                conn.reset()
+            else:
+                conn.reset_stream()
         elif how == "abort":
-            transport.abort()
-        else:  # "drop": close the socket mid-body, no terminating chunk
-            transport.close()
-        # Let uvicorn see the connection go before the app returns.
+            conn.abort()
+        else:  # "drop": FIN mid-body (no terminating chunk / END_STREAM)
+            conn.close()
+        # Let the server see the stream go before the app returns.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.client_gone.wait(), 2.0)
         if not self.client_gone.is_set():
-            transport.abort()
+            conn.abort()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.client_gone.wait(), 1.0)
 
     async def _drain(self, limit: float) -> None:
-        """Give the socket up to `limit` seconds to take what we wrote (asyncio offers no
-        "buffer empty" event to wait on), then a moment for the peer to receive it."""
-        transport = self.transport
-        deadline = time.monotonic() + limit
-        for _ in range(int(limit / 0.005) + 1):
-            if transport is None or transport.get_write_buffer_size() == 0:
-                break
-            if time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.005)
+        """Up to `limit` seconds for the client to receive what we wrote, then a moment for
+        it to read that: the pieces of a split line must reach it as separate reads."""
+        if self.conn is not None:
+            await self.conn.flushed(limit)
         await asyncio.sleep(0.02)
 
     async def _replay_window(self, start: float, end: float) -> None:
@@ -326,9 +331,14 @@ class StreamSession:
         if kind == "operational_disconnect":
             body = {"errors": [problems.operational_disconnect(self.host, fault.disconnect_type)]}
             await self._send_other("operational_disconnect", orjson.dumps(body))
-            raise _StreamEnded("end")
+            raise _StreamEnded(_ENDS[fault.end])
+        if kind == "usage_capped":
+            product = self.state.settings.product_name
+            body = {"errors": [problems.usage_capped_problem(self.host, product)]}
+            await self._send_other("usage_capped", orjson.dumps(body))
+            raise _StreamEnded(_ENDS[fault.end])
         if kind == "close":
-            raise _StreamEnded("end")
+            raise _StreamEnded(_ENDS[fault.end])
         if kind == "slow_reader_drop":
             raise _StreamEnded("drop")
         if kind == "reset_mid_line":

@@ -23,7 +23,7 @@ StartDaemon = Callable[..., DaemonProcess]
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
     with Simulator(SimulatorConfig(port=0, tweets_per_second=300.0, heartbeat_interval=0.5,
-                                   seed=5)) as s:
+                                   seed=5, rule_propagation_delay=0.0)) as s:
         yield s
 
 

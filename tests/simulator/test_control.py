@@ -82,7 +82,7 @@ def test_cli_smoke(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamd.simulator", "--port", "0", "--heartbeat", "0.3",
-         "--rate", "100", "--rule", "zzznomatch"],
+         "--rate", "100", "--rule", "zzznomatch", "--rule-propagation-delay", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )
     try:

@@ -272,7 +272,7 @@ def test_bad_parameters_get_invalid_request(
     with client(simulator) as c:
         response = c.get(STREAM, params=params)
     assert response.status_code == 400
-    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
     body = response.json()
     assert body["type"] == "https://api.twitter.com/2/problems/invalid-request"
     assert body["title"] == "Invalid Request"
@@ -312,7 +312,8 @@ def test_context_manager_and_stop_with_a_reader_that_never_reads() -> None:
 
     from streamd.simulator import SimulatorConfig
 
-    with Simulator(SimulatorConfig(tweets_per_second=float("inf"), match_all=True)) as sim:
+    with Simulator(SimulatorConfig(tweets_per_second=float("inf"), match_all=True,
+                                   rule_propagation_delay=0.0)) as sim:
         sim.add_rules(["cat"])
         sock = socket.create_connection(("127.0.0.1", sim.port))
         sock.sendall(b"GET /2/tweets/search/stream HTTP/1.1\r\nHost: x\r\n"
