@@ -19,8 +19,12 @@ _Key = int | str
 
 
 def _key(tweet_id: str) -> _Key:
-    # X's ids are decimal snowflakes; anything else is kept as it is.
-    return int(tweet_id) if tweet_id.isdigit() else tweet_id
+    # X's ids are decimal snowflakes (records.py admits only ASCII digits, at most 19);
+    # anything else, e.g. an id remembered by an older version, is kept as it is. isascii()
+    # first: str.isdigit() is also true for "²" and "١٢٣", which int() refuses or misreads.
+    if tweet_id.isascii() and tweet_id.isdigit() and len(tweet_id) <= 19:
+        return int(tweet_id)
+    return tweet_id
 
 
 class Deduplicator:

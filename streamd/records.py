@@ -2,6 +2,20 @@
 
 Hot path: exactly one JSON parse per line; the value is the line's bytes as read, never
 re-serialized. Everything a record needs downstream is computed here, once.
+
+This is the one place a line becomes a record, so it is where ids are validated. Code
+downstream relies on a tweet record's `tweet_id` (the Kafka key and `ce_id`) being a
+canonical X id: the deduplicator keys on int(tweet_id), and the key must fit 19 bytes.
+Canonical is X's own TweetId/UserId pattern, `^[0-9]{1,19}$` in a JSON string, without
+leading zeros: "0" passes, "01" does not. X's snowflakes never start with 0, and refusing
+it keeps the id string and its int one-to-one, so a stray "01" can never make the
+deduplicator drop the genuine tweet "1". Everything else goes to the DLQ as `validate`:
+JSON numbers (they lose precision in many consumers, which is why X sends strings),
+non-ASCII digits ("²" passes str.isdigit() and makes int() raise; "١٢٣" is read by int()
+as 123), more than 19 digits (beyond 4,300, int() refuses them outright), "", " 1", "+1".
+`data.author_id` (`ce_subject`) follows the same rule; absent or null means no
+`ce_subject`, anything else invalid dead-letters the tweet like a bad `data.id`, rather
+than publishing it with a header that is wrong, or missing for no visible reason.
 """
 
 from __future__ import annotations
@@ -23,6 +37,63 @@ _SPECVERSION: Final = ("ce_specversion", b"1.0")
 _CE_TYPE: Final = ("ce_type", b"com.x.tweet")
 
 Header = tuple[str, bytes]
+
+ID_MAX_DIGITS: Final = 19
+_ID_RULE: Final = f"must be a string of 1 to {ID_MAX_DIGITS} ASCII digits without a leading zero"
+# An error header quotes at most this much of an offending value (the line itself is the
+# DLQ record's value, so nothing is lost by cutting it short).
+_PREVIEW_CHARS: Final = 24
+
+
+def is_canonical_id(value: str) -> bool:
+    """True for "0" and for 1 to 19 ASCII digits not starting with "0"."""
+    # Length first: the digit scan below never runs over a long string. isascii() is O(1)
+    # in CPython; together with isdigit() it admits exactly 0-9.
+    return (
+        0 < len(value) <= ID_MAX_DIGITS
+        and value.isascii()
+        and value.isdigit()
+        and (value[0] != "0" or len(value) == 1)
+    )
+
+
+def _describe_value(value: object) -> str:
+    """What a bad id is, quoting no more than _PREVIEW_CHARS of it (ascii() shows "²" as
+    '\\xb2', so look-alike digits are visible in the header)."""
+    if value is None:
+        return "null"
+    if type(value) is bool:
+        return f"the JSON boolean {'true' if value else 'false'}"
+    if type(value) is int:
+        # orjson yields at most 64-bit ints; guard anyway, str() refuses > 4,300 digits.
+        return f"the JSON number {value}" if value.bit_length() <= 64 else "a JSON number"
+    if type(value) is float:
+        return f"the JSON number {value!r}"
+    if type(value) is list:
+        return "a JSON array"
+    if type(value) is dict:
+        return "a JSON object"
+    if type(value) is not str:
+        return type(value).__name__
+    if not value:
+        return "an empty string"
+    quoted = ascii(value[:_PREVIEW_CHARS])
+    if len(value) > _PREVIEW_CHARS:
+        return f"{quoted[:-1]}...{quoted[-1]} ({len(value)} characters)"
+    if value.isdigit():
+        if not value.isascii():
+            return f"{quoted}, not ASCII digits"
+        if len(value) > ID_MAX_DIGITS:
+            return f"{quoted}, {len(value)} digits"
+        if value[0] == "0":
+            return f"{quoted}, a leading zero"
+    return quoted
+
+
+def id_problem(field: str, value: object) -> str:
+    """The `streamd_dlq_error` for a `field` (data.id, data.author_id) that is not a
+    canonical id; bounded whatever `value` is."""
+    return f"{field} {_ID_RULE}; got {_describe_value(value)}"
 
 
 class OutRecord:
@@ -117,15 +188,26 @@ def interpret_line(
             read_ms=read_ms, read_at=read_at,
         )
     data = obj.get("data")
-    tweet_id = data.get("id") if type(data) is dict else None
-    if type(tweet_id) is str:  # X's ids are strings; the common case first
-        if tweet_id:
-            return _tweet_record(line, obj, data, tweet_id, ce_source, read_ms, read_at)  # type: ignore[arg-type]
-    elif type(tweet_id) is int:
-        return _tweet_record(line, obj, data, str(tweet_id), ce_source, read_ms, read_at)  # type: ignore[arg-type]
+    if type(data) is dict:
+        tweet_id = data.get("id")
+        if type(tweet_id) is not str or not is_canonical_id(tweet_id):
+            problem = id_problem("data.id", tweet_id) if "id" in data else "data.id missing"
+            return dlq_record(line, DLQ_VALIDATE, problem, read_ms=read_ms, read_at=read_at)
+        author_id = data.get("author_id")
+        if author_id is not None and (
+            type(author_id) is not str or not is_canonical_id(author_id)
+        ):
+            return dlq_record(
+                line, DLQ_VALIDATE, id_problem("data.author_id", author_id),
+                read_ms=read_ms, read_at=read_at,
+            )
+        return _tweet_record(line, obj, data, tweet_id, author_id, ce_source, read_ms, read_at)
     if "errors" in obj and data is None:
         return ErrorMessage(obj, classify_stream_message(obj))
-    problem = "data.id missing" if type(data) is dict else "no data.id and no errors"
+    problem = (
+        "no data.id and no errors" if data is None
+        else f"data is {_describe_value(data)}, not a JSON object"
+    )
     return dlq_record(line, DLQ_VALIDATE, problem, read_ms=read_ms, read_at=read_at)
 
 
@@ -165,10 +247,12 @@ def _tweet_record(
     obj: dict[str, Any],
     data: dict[str, Any],
     tweet_id: str,
+    author_id: str | None,
     ce_source: bytes,
     read_ms: int,
     read_at: float,
 ) -> OutRecord:
+    """A tweet record; `tweet_id` and `author_id` are canonical (interpret_line checked)."""
     key = tweet_id.encode()
     created_at = data.get("created_at")
     ce_time = (created_at if type(created_at) is str and created_at else rfc3339_ms(read_ms))
@@ -179,11 +263,8 @@ def _tweet_record(
         _CE_TYPE,
         ("ce_time", ce_time.encode()),
     ]
-    author_id = data.get("author_id")
-    if type(author_id) is str:
+    if author_id is not None:
         headers.append(("ce_subject", author_id.encode()))
-    elif type(author_id) is int:
-        headers.append(("ce_subject", str(author_id).encode()))
     headers.append(_CONTENT_TYPE)
     tags: tuple[str, ...] = ()
     rules = obj.get("matching_rules")

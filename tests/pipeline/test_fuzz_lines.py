@@ -1,9 +1,10 @@
-"""1,000 random malformed, truncated, oversized and non-UTF-8 lines mixed into a live stream:
-each lands on the DLQ (or is counted as an error message), the daemon does not crash, and
-no valid tweet is lost."""
+"""1,000 random malformed, truncated, oversized and non-UTF-8 lines, and tweets with odd
+`data.id` values, mixed into a live stream: each lands on the DLQ (or is counted as an error
+message), the daemon does not crash, and no valid tweet is lost."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -35,7 +36,21 @@ oversized = st.integers(MAX_LINE + 1, 6 * MAX_LINE).map(
 non_utf8 = st.binary(min_size=1, max_size=8).filter(
     lambda b: b"\n" not in b and b"\r" not in b
 ).map(lambda junk: _TWEET.replace(b"synthetic", b"synthetic" + b"\xff\xfe" + junk))
-bad_line = st.one_of(no_newline, truncated, oversized, non_utf8).filter(
+# Tweets whose data.id is not a canonical X id. Before ids were validated, "²" reached the
+# deduplicator's int() and killed the daemon; each must now be on the DLQ as `validate`.
+# (Ids past int()'s 4,300 digits would not fit MAX_LINE; tests/unit/test_records.py has them.)
+ODD_ID_MARK = "odd-id-fuzz"
+odd_id_value = st.one_of(
+    st.sampled_from(["\u00b2", "\u0661\u0662\u0663", "", " 1", "+1", "01",
+                     "12345678901234567890", None, 1790000000000000001, 1.5, True, ["1"],
+                     {"id": "1"}]),
+    st.text(max_size=30).filter(lambda t: re.fullmatch(r"0|[1-9][0-9]{0,18}", t) is None),
+    st.integers(20, 1900).map(lambda n: "9" * n),
+)
+odd_id = odd_id_value.map(lambda v: orjson.dumps({
+    "data": {"id": v, "text": ODD_ID_MARK}, "matching_rules": [{"id": "1", "tag": "t"}],
+}))
+bad_line = st.one_of(no_newline, truncated, oversized, non_utf8, odd_id).filter(
     # a line that frames as empty is a heartbeat, not data
     lambda b: b.rstrip(b"\r") != b""
 )
@@ -72,7 +87,8 @@ def test_random_bad_lines_are_dead_lettered_and_no_tweet_is_lost(
     broker.create_topic(topic, partitions=2)
     broker.create_topic(topic + ".dlq", partitions=1)
     with Simulator(SimulatorConfig(port=0, tweets_per_second=400.0, heartbeat_interval=0.5,
-                                   match_all=True, seed=len(lines[0]))) as sim:
+                                   match_all=True, seed=len(lines[0]),
+                                   rule_propagation_delay=0.0)) as sim:
         sim.add_rules([("cat", "cats")])
         d = run_daemon(daemon_config(sim.url, broker.bootstrap, topic, topic + ".dlq",
                                      Path(tmp), stream={"max_line_bytes": MAX_LINE}),
@@ -99,3 +115,7 @@ def test_random_bad_lines_are_dead_lettered_and_no_tweet_is_lost(
     assert sorted(r.value for r in dlq) == sorted(want)
     assert all(r.headers["streamd_dlq_reason"] in (b"decode", b"validate", b"oversize")
                for r in dlq)
+    odd = {line for line in lines if ODD_ID_MARK.encode() in line}
+    reasons = {r.value: r.headers["streamd_dlq_reason"] for r in dlq}
+    assert all(reasons.get(line) == b"validate" for line in odd)
+    assert not odd & {r.value for r in got}

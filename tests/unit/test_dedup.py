@@ -65,6 +65,17 @@ def test_ids_that_are_not_numbers_still_work() -> None:
     assert d.seen("7")
 
 
+def test_odd_digit_strings_never_crash_and_never_alias_real_ids() -> None:
+    """str.isdigit() is true for "²" and Arabic-Indic digits; int() refuses the first and
+    reads the second as 123. Such ids (e.g. remembered by an older version in the spool)
+    are kept as strings: no crash at preload, no real tweet dropped as their duplicate."""
+    d = Deduplicator(10, 60, Clock())
+    d.preload(["²", "\u0661\u0662\u0663", "9" * 5000])
+    assert not d.seen("123")
+    assert d.seen("²")
+    assert d.seen("9" * 5000)
+
+
 def test_seen_many_agrees_with_seen_one_at_a_time() -> None:
     ids = ["5", "6", "5", "abc", "7", "6", "abc", "8"]
     clock = Clock()
