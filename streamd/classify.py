@@ -17,7 +17,7 @@ Decision order for a connect response (first match wins):
 4. A recognised v1.1 `errors[].code`: these decide over the 4xx status because X pairs them
    with statuses that do not match their meaning (code 215 "Bad Authentication data" comes
    with HTTP 400, code 88 with 429 or 420).
-5. The HTTP status alone (401, 403, 409, 429, 400, other 4xx, 3xx).
+5. The HTTP status alone (the `_STATUS` table below, then other 4xx, 3xx).
 
 Choices where the spec was silent (documented here because callers rely on them):
 
@@ -29,9 +29,39 @@ Choices where the spec was silent (documented here because callers rely on them)
   anti-spam throttle that clears by itself, so it must not be fatal, but it also must not be
   retried quickly; the rate-limit schedule (60 s doubling to 960 s) fits.
 * 3xx -> invalid_request: a redirect means `x.api_url` points at the wrong place.
+* 402 and the `credits-depleted` problem -> usage_cap: pay-per-use accounts get "402
+  Payment Required" once their credits are used up (observed body: `{"title":"Payment
+  Required","detail":"credits depleted","type":".../2/problems/credits-depleted"}`). Like
+  the monthly cap it ends when someone tops up or the period rolls over, not by a restart,
+  so the daemon waits on the usage-cap schedule with /readyz failing, and never exits.
 * Other non-200 statuses below 400 (1xx, 2xx) -> server_error.
 * Unknown exception types in `classify_transport_error` -> network (the detail names the
   type), so one surprise exception never kills the daemon.
+
+Bare 4xx statuses X does not document for the stream. The rule: exit 78 only when the
+answer is a deterministic verdict on the request streamd builds from its configuration
+(every retry gets the same answer, only an edit helps); wait on the `server_error`
+schedule when a human cannot fix it in the config or when X's own trouble is the likelier
+cause. What a wrong choice costs decides the close calls: a needless exit stops ingestion
+until someone restarts it (tweets past the backfill window are lost for good), a needless
+retry costs one `stream.disconnected` line per attempt, settling at one every
+`backoff.http_max` (320 s), while /readyz fails and the disconnect alerts fire.
+
+* 404 -> server_error. A wrong `x.api_url` also breaks the rules endpoint on the same base
+  URL, and the start-up rules sync (rules.mode "sync" or "add", on_error "fail") stops on
+  that with exit 78 before the stream is ever requested, as does `streamd check`; so a 404
+  on the stream itself is more likely one X route failing during an incident.
+* 406 -> server_error: streamd sends no content negotiation a config could change, so the
+  answer is X's (or a proxy's) fault and 78 would send the operator to the wrong place.
+* 408, 421, 425 -> server_error: HTTP defines them as "try again" (timeout, misdirected
+  connection, too early).
+* 410 -> invalid_request: "Gone" is X's explicit statement that the endpoint is retired;
+  retrying cannot bring it back, a new `x.api_url` or a newer streamd can.
+* 413, 414, 431 -> invalid_request: the request (query string from the `x.*_fields`
+  lists, the bearer token header) is too large; the same request is refused every time.
+* 422 -> invalid_request: the parameters are well-formed but rejected, which is 400's
+  meaning with another number.
+* Any other 4xx (405, 407, 411, 415, 451, ...) -> invalid_request, the default.
 """
 
 from __future__ import annotations
@@ -100,6 +130,7 @@ _CONNECT_PROBLEMS: dict[tuple[str, str | None], Reason] = {
     ("streaming-connection", "rulesinvalidissue"): Reason.NO_RULES,
     ("streaming-connection", "provisioningsubscription"): Reason.SERVER_ERROR,
     ("usage-capped", None): Reason.USAGE_CAP,
+    ("credits-depleted", None): Reason.USAGE_CAP,  # pay-per-use, with HTTP 402
     ("rate-limit-exceeded", None): Reason.RATE_LIMITED,
     ("client-forbidden", None): Reason.FORBIDDEN,
     ("unsupported-authentication", None): Reason.FORBIDDEN,
@@ -113,6 +144,7 @@ _CONNECT_PROBLEMS: dict[tuple[str, str | None], Reason] = {
 _STREAM_PROBLEMS: dict[tuple[str, str | None], Reason] = {
     ("operational-disconnect", None): Reason.OPERATIONAL_DISCONNECT,
     ("usage-capped", None): Reason.USAGE_CAP,
+    ("credits-depleted", None): Reason.USAGE_CAP,
     ("noncompliant-rules", None): Reason.NO_RULES,
     ("streaming-connection", "toomanyconnections"): Reason.TOO_MANY_CONNECTIONS,
     ("streaming-connection", "ruleconfigurationissue"): Reason.NO_RULES,
@@ -144,13 +176,25 @@ _V1_CODES: dict[int, Reason] = {
     131: Reason.SERVER_ERROR,  # Internal error
 }
 
+# Bare statuses; the choices for the undocumented ones are argued in the module doc.
 _STATUS: dict[int, Reason] = {
     400: Reason.INVALID_REQUEST,
     401: Reason.UNAUTHORIZED,
+    402: Reason.USAGE_CAP,
     403: Reason.FORBIDDEN,
+    404: Reason.SERVER_ERROR,
+    406: Reason.SERVER_ERROR,
+    408: Reason.SERVER_ERROR,
     409: Reason.NO_RULES,
+    410: Reason.INVALID_REQUEST,
+    413: Reason.INVALID_REQUEST,
+    414: Reason.INVALID_REQUEST,
     420: Reason.RATE_LIMITED,
+    421: Reason.SERVER_ERROR,
+    422: Reason.INVALID_REQUEST,
+    425: Reason.SERVER_ERROR,
     429: Reason.RATE_LIMITED,
+    431: Reason.INVALID_REQUEST,
 }
 
 # Bodies above this are not error documents; do not spend time parsing them.

@@ -89,10 +89,13 @@ def test_retry_after_from_reset_header() -> None:
         (400, Reason.INVALID_REQUEST),
         (401, Reason.UNAUTHORIZED),
         (403, Reason.FORBIDDEN),
-        (404, Reason.INVALID_REQUEST),
+        (402, Reason.USAGE_CAP),
+        (404, Reason.SERVER_ERROR),
         (405, Reason.INVALID_REQUEST),
+        (406, Reason.SERVER_ERROR),
         (409, Reason.NO_RULES),
         (410, Reason.INVALID_REQUEST),
+        (422, Reason.INVALID_REQUEST),
         (429, Reason.RATE_LIMITED),
         (500, Reason.SERVER_ERROR),
         (501, Reason.SERVER_ERROR),
@@ -124,6 +127,74 @@ def test_status_decides_for_garbage_bodies(status: int, reason: Reason, body: by
     got = classify_connect_response(status, {}, body)
     assert got.reason is reason
     assert got.status == status
+
+
+# Every bare 4xx the module doc decides, with the operator-facing consequence spelled out:
+# the exit code for fatal ones, else the backoff schedule the reason picks.
+UNLISTED_4XX: list[tuple[int, Reason, int | None]] = [
+    (402, Reason.USAGE_CAP, None),  # credits used up: wait like the usage cap
+    (404, Reason.SERVER_ERROR, None),  # one X route failing; a wrong api_url fails earlier
+    (405, Reason.INVALID_REQUEST, 78),
+    (406, Reason.SERVER_ERROR, None),  # nothing in the config negotiates content
+    (407, Reason.INVALID_REQUEST, 78),
+    (408, Reason.SERVER_ERROR, None),
+    (410, Reason.INVALID_REQUEST, 78),  # the endpoint is retired
+    (411, Reason.INVALID_REQUEST, 78),
+    (413, Reason.INVALID_REQUEST, 78),
+    (414, Reason.INVALID_REQUEST, 78),  # query string from the x.*_fields lists
+    (415, Reason.INVALID_REQUEST, 78),
+    (418, Reason.INVALID_REQUEST, 78),
+    (421, Reason.SERVER_ERROR, None),
+    (422, Reason.INVALID_REQUEST, 78),
+    (425, Reason.SERVER_ERROR, None),
+    (431, Reason.INVALID_REQUEST, 78),  # e.g. a bearer_token_file holding more than a token
+    (451, Reason.INVALID_REQUEST, 78),
+    (499, Reason.INVALID_REQUEST, 78),
+]
+
+
+@pytest.mark.parametrize(("status", "reason", "exit_code"), UNLISTED_4XX,
+                         ids=[str(s) for s, _, _ in UNLISTED_4XX])
+@pytest.mark.parametrize("body", [
+    b"",
+    b'{"title":"Whatever","detail":"d","type":"about:blank"}',
+    b"<html>nginx</html>",
+])
+def test_undocumented_4xx_statuses(
+    status: int, reason: Reason, exit_code: int | None, body: bytes
+) -> None:
+    got = classify_connect_response(status, {}, body)
+    assert (got.reason, got.status) == (reason, status)
+    fatal = got.reason.fatal_exit_code
+    assert (None if fatal is None else int(fatal)) == exit_code
+
+
+def test_402_payment_required_waits_like_the_usage_cap() -> None:
+    # The body X's pay-per-use answers with once the credits are used up.
+    body = (b'{"title":"Payment Required","detail":"credits depleted",'
+            b'"type":"https://api.x.com/2/problems/credits-depleted"}')
+    got = classify_connect_response(402, {}, body)
+    assert got.reason is Reason.USAGE_CAP
+    assert got.reason.fatal_exit_code is None
+    assert got.problem_type == "credits-depleted"
+    assert got.detail == "credits depleted"
+    # The problem type decides whatever status carries it (decision order: type first).
+    assert classify_connect_response(403, {}, body).reason is Reason.USAGE_CAP
+    # And an in-stream notice of it ends the connection the same way.
+    in_stream = classify_stream_message(orjson.loads(body.replace(b"{", b'{"errors":[{', 1)
+                                                     + b"]}"))
+    assert in_stream is not None
+    assert in_stream.reason is Reason.USAGE_CAP
+
+
+def test_problem_types_and_v1_codes_still_decide_over_the_new_statuses() -> None:
+    forbidden = b'{"title":"t","type":"https://api.x.com/2/problems/client-forbidden"}'
+    assert classify_connect_response(402, {}, forbidden).reason is Reason.FORBIDDEN
+    assert classify_connect_response(404, {}, forbidden).reason is Reason.FORBIDDEN
+    v1_auth = b'{"errors":[{"code":215,"message":"Bad Authentication data."}]}'
+    assert classify_connect_response(404, {}, v1_auth).reason is Reason.UNAUTHORIZED
+    invalid = b'{"title":"t","type":"https://api.x.com/2/problems/invalid-request"}'
+    assert classify_connect_response(406, {}, invalid).reason is Reason.INVALID_REQUEST
 
 
 def test_5xx_wins_over_any_body() -> None:
