@@ -82,8 +82,10 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _load(config: str | None) -> Settings:
-    settings = load_settings(config)
+def _load(config: str | None, *, changes_rules: bool = True) -> Settings:
+    # An empty rule set under rules.mode = "sync" would delete every rule on the App, which
+    # X cannot undo: refused by every command that may apply a sync, not by list/diff.
+    settings = load_settings(config, refuse_empty_sync=changes_rules)
     configure_logging(settings.log.level, settings.log.format)
     # Defence in depth: whatever later code logs, these values never reach the output.
     for secret in (settings.x.bearer_token, settings.kafka.sasl_password):
@@ -131,8 +133,9 @@ def _dispatch(argv: list[str]) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return ExitCode.USAGE
+    read_only = args.command == "rules" and args.action in ("list", "diff")
     try:
-        settings = _load(args.config)
+        settings = _load(args.config, changes_rules=not read_only)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", ExitCode.CONFIG)
     handlers: dict[str, Callable[[], int]] = {

@@ -271,6 +271,9 @@ class _RulesFile(BaseModel):
 class RulesSettings(_Section):
     mode: Annotated[Literal["sync", "add", "off"], BeforeValidator(_lower)] = "sync"
     on_error: Annotated[Literal["fail", "continue"], BeforeValidator(_lower)] = "fail"
+    # "sync" with no rules configured deletes every rule on the App, and X cannot restore
+    # deleted rules: load_settings refuses that unless this is set (see refuse_empty_sync).
+    allow_empty: bool = False
     file: Path | None = None
     rule: list[RuleSpec] = Field(default_factory=list)
     # Local pre-checks against the tier (enforced by the rules module, per on_error).
@@ -501,6 +504,41 @@ class Settings(_Section):
     def resolved_rules(self) -> list[RuleSpec]:
         return self.rules.resolved_rules(self.base_dir)
 
+    def empty_sync_problem(self, rules: list[RuleSpec] | None = None) -> ConfigError | None:
+        """The error for a configuration whose `rules.mode = "sync"` would delete every rule
+        on the App (no rules configured, rules.allow_empty not set), else None. `rules` are
+        the resolved rules when the caller has them; otherwise they are read here."""
+        cfg = self.rules
+        if cfg.mode != "sync" or cfg.allow_empty:
+            return None
+        if rules is None:
+            rules = self.resolved_rules()
+        return None if rules else self._empty_sync_error()
+
+    def _empty_sync_error(self) -> ConfigError:
+        cfg = self.rules
+        if cfg.file is not None and not cfg.rule:
+            key, none = "rules.file", f"{str(cfg.file)!r} holds no rules and none are inline"
+        else:
+            key, none = "rules.rule", "no rules are configured"
+        return ConfigError(
+            key,
+            f"{none}, so rules.mode = \"sync\" would delete every rule on the App, and X "
+            "cannot restore deleted rules. Add [[rules.rule]] entries (or [[rule]] tables "
+            "to rules.file); or set rules.mode = \"add\" or \"off\" to leave the App's "
+            "rules alone; or, to delete them all on purpose, set rules.allow_empty = true",
+        )
+
+    def _has_rules(self) -> bool:
+        if self.rules.rule:
+            return True
+        if self.rules.file is None:
+            return False
+        try:
+            return bool(self.resolved_rules())
+        except ConfigError:
+            return True  # a broken rules file is reported as an error, not as "no rules"
+
     def warnings(self) -> list[str]:
         """Accepted but questionable values; the caller logs them."""
         found: list[str] = []
@@ -520,12 +558,25 @@ class Settings(_Section):
             "SASL_PLAINTEXT"
         ):
             found.append("kafka SASL credentials travel unencrypted (SASL_PLAINTEXT)")
-        if self.rules.mode != "off" and not self.rules.rule and self.rules.file is None:
-            found.append(
-                f"rules.mode = {self.rules.mode!r} but no rules are configured: "
-                "the stream will deliver nothing"
-            )
+        if self.rules.mode != "off" and not self._has_rules():
+            found.append(self._no_rules_warning())
         return found
+
+    def _no_rules_warning(self) -> str:
+        if self.rules.mode == "add":
+            return (
+                "rules.mode = 'add' but no rules are configured: streamd adds none and the "
+                "stream runs on the rules already on the App; if it has none, X refuses the "
+                "stream (409) and streamd exits 78"
+            )
+        if self.rules.allow_empty:
+            return (
+                "rules.allow_empty = true and no rules are configured: rules.mode = 'sync' "
+                "deletes every rule on the App; with none left X refuses the stream (409) "
+                "and streamd exits 78"
+            )
+        # Only reachable for settings not built by load_settings, which refuses them.
+        return str(self._empty_sync_error())
 
     def redacted(self) -> dict[str, Any]:
         """A JSON-able dump for debug output, with every secret shown as '***'."""
@@ -679,9 +730,19 @@ def config_path(
 
 
 def load_settings(
-    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    refuse_empty_sync: bool = True,
 ) -> Settings:
-    """Read, override from the environment, and validate the configuration."""
+    """Read, override from the environment, and validate the configuration.
+
+    With `refuse_empty_sync` (the default) a configuration whose rules.mode = "sync" would
+    delete every rule on the App is a ConfigError (see Settings.empty_sync_problem). The
+    default is the safe side: `streamd run` (start-up and the SIGHUP re-read, so an edit
+    that empties the rules is refused and the running rules are kept), `rules sync`
+    (dry runs too: they predict the real one) and `check`. Only a caller that never
+    changes the App's rules (`rules list`, `rules diff`) may pass False."""
     env = os.environ if environ is None else environ
     source = config_path(path, env)
     data = _read_toml(source, key="")
@@ -689,5 +750,9 @@ def load_settings(
     settings = validate_settings(data)
     settings._source_path = source.absolute()
     # Catch a bad rules file at start-up (and on SIGHUP re-read), not at first sync.
-    settings.resolved_rules()
+    rules = settings.resolved_rules()
+    if refuse_empty_sync:
+        problem = settings.empty_sync_problem(rules)
+        if problem is not None:
+            raise problem
     return settings

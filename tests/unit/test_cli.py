@@ -201,3 +201,27 @@ def test_passthrough_commands_get_raw_argv(monkeypatch: pytest.MonkeyPatch) -> N
         ("sim", ["--port", "0", "--help"]),
         ("demo", ["-c", "whatever", "--tweets", "5"]),
     ]
+
+
+def test_empty_sync_is_refused_only_by_commands_that_apply_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rules.mode = "sync" with no rules would delete every rule on the App: run, check and
+    rules sync exit 78 naming the key; list and diff only read, so they go ahead."""
+    path = tmp_path / "empty.toml"
+    path.write_text(f'[x]\nbearer_token = "{TOKEN}"\n[rules]\nmode = "sync"\n',
+                    encoding="utf-8")
+    ran: list[str] = []
+    fake_module(monkeypatch, "streamd.daemon", run_daemon=lambda s: ran.append("run") or 0)
+    fake_module(monkeypatch, "streamd.check", check_command=lambda s, as_json: 0)
+    fake_module(monkeypatch, "streamd.rules_cli",
+                rules_command=lambda s, action, dry_run, as_json: ran.append(action) or 0)
+    for argv in (["run"], ["check"], ["rules", "sync"], ["rules", "sync", "--dry-run"]):
+        assert main([*argv, "-c", str(path)]) == 78
+        err = capsys.readouterr().err
+        assert "rules.rule" in err
+        assert "allow_empty" in err
+    assert main(["rules", "list", "-c", str(path)]) == 0
+    assert main(["rules", "diff", "-c", str(path)]) == 0
+    assert ran == ["list", "diff"]
+    assert TOKEN not in capsys.readouterr().err

@@ -13,6 +13,8 @@ from streamd.reasons import ExitCode
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "streamd.example.toml"
 TOKEN = "AAAAsecret-token%3Dvalue"
+# One rule, for tests about other keys: a config with none (rules.mode "sync") is refused.
+RULE = "\n[[rules.rule]]\nvalue = 'cat'\n"
 
 
 def write(tmp_path: Path, text: str, name: str = "streamd.toml") -> Path:
@@ -66,7 +68,10 @@ def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
 
 
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:
-    settings = load_settings(write(tmp_path, ""), {})
+    # The defaults say rules.mode = "sync" with no rules: refused (see the empty-sync tests).
+    with pytest.raises(ConfigError, match=re.escape("rules.allow_empty = true")):
+        load_settings(write(tmp_path, ""), {})
+    settings = load_settings(write(tmp_path, ""), {}, refuse_empty_sync=False)
     assert settings.model_dump() == Settings.model_validate({}).model_dump()
 
 
@@ -74,15 +79,15 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
 
 
 def test_path_from_environment(tmp_path: Path) -> None:
-    path = write(tmp_path, '[kafka]\ntopic = "from-env-path"\n')
+    path = write(tmp_path, '[kafka]\ntopic = "from-env-path"\n' + RULE)
     settings = load_settings(None, {"STREAMD_CONFIG": str(path)})
     assert settings.kafka.topic == "from-env-path"
     assert settings.source_path == path
 
 
 def test_explicit_path_beats_environment(tmp_path: Path) -> None:
-    a = write(tmp_path, '[kafka]\ntopic = "a"\n', "a.toml")
-    b = write(tmp_path, '[kafka]\ntopic = "b"\n', "b.toml")
+    a = write(tmp_path, '[kafka]\ntopic = "a"\n' + RULE, "a.toml")
+    b = write(tmp_path, '[kafka]\ntopic = "b"\n' + RULE, "b.toml")
     assert load_settings(a, {"STREAMD_CONFIG": str(b)}).kafka.topic == "a"
 
 
@@ -175,7 +180,8 @@ def test_bad_values(tmp_path: Path, toml: str, key: str, fragment: str) -> None:
 def test_case_insensitive_enums(tmp_path: Path) -> None:
     settings = load_settings(
         write(
-            tmp_path, "[kafka]\ncompression='LZ4'\nsecurity_protocol='ssl'\n[log]\nlevel='DEBUG'"
+            tmp_path,
+            "[kafka]\ncompression='LZ4'\nsecurity_protocol='ssl'\n[log]\nlevel='DEBUG'" + RULE,
         ),
         {},
     )
@@ -200,7 +206,7 @@ def test_ipv6_listen() -> None:
 
 
 def test_env_overrides_are_coerced(tmp_path: Path) -> None:
-    path = write(tmp_path, "[kafka]\ntopic = 'file'\n")
+    path = write(tmp_path, "[kafka]\ntopic = 'file'\n" + RULE)
     env = {
         "STREAMD_KAFKA__TOPIC": "env",
         "STREAMD_KAFKA__ENABLE_IDEMPOTENCE": "false",
@@ -227,7 +233,7 @@ def test_env_overrides_are_coerced(tmp_path: Path) -> None:
 
 
 def test_env_empty_value_unsets_optional_key(tmp_path: Path) -> None:
-    path = write(tmp_path, "[kafka]\nsecurity_protocol='SSL'\nssl_cafile='/ca.pem'\n")
+    path = write(tmp_path, "[kafka]\nsecurity_protocol='SSL'\nssl_cafile='/ca.pem'\n" + RULE)
     settings = load_settings(path, {"STREAMD_KAFKA__SSL_CAFILE": ""})
     assert settings.kafka.ssl_cafile is None
 
@@ -253,7 +259,7 @@ def test_env_bad_value_names_key(tmp_path: Path) -> None:
 
 
 def test_config_path_variable_is_not_an_override(tmp_path: Path) -> None:
-    path = write(tmp_path, "")
+    path = write(tmp_path, RULE)
     load_settings(path, {"STREAMD_CONFIG": "/elsewhere.toml"})
 
 
@@ -277,7 +283,7 @@ def test_bearer_token_order(tmp_path: Path) -> None:
 
 
 def test_bearer_token_from_env_override(tmp_path: Path) -> None:
-    settings = load_settings(write(tmp_path, ""), {"STREAMD_X__BEARER_TOKEN": TOKEN})
+    settings = load_settings(write(tmp_path, RULE), {"STREAMD_X__BEARER_TOKEN": TOKEN})
     assert settings.x.resolve_bearer_token({}) == TOKEN
 
 
@@ -384,6 +390,104 @@ def test_rules_file_errors_at_load(tmp_path: Path) -> None:
     err = error_of(tmp_path, "[rules]\nfile = 'dup.toml'\n[[rules.rule]]\nvalue = 'dup'\n")
     assert err.key == "rules.file"
     assert "duplicate" in err.problem
+
+
+# --- an empty rule set never wipes the App's rules (issue item 9) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml", "files", "env", "key"),
+    [
+        ("", {}, {}, "rules.rule"),  # everything defaulted
+        ("[rules]\nmode = 'sync'\n", {}, {}, "rules.rule"),
+        ("[rules]\nmode = 'SYNC'\nallow_empty = false\n", {}, {}, "rules.rule"),
+        ("[rules]\nfile = 'rules.toml'\n", {"rules.toml": ""}, {}, "rules.file"),
+        ("[rules]\nfile = 'rules.toml'\n", {"rules.toml": "# all commented out\n"}, {},
+         "rules.file"),
+        ("[rules]\nfile = 'rules.toml'\n", {"rules.toml": "rule = []\n"}, {}, "rules.file"),
+        ("[rules]\nmode = 'off'\n", {}, {"STREAMD_RULES__MODE": "sync"}, "rules.rule"),
+        ("[rules]\nallow_empty = true\n", {}, {"STREAMD_RULES__ALLOW_EMPTY": "false"},
+         "rules.rule"),
+    ],
+    ids=["defaults", "sync", "explicit-false", "empty-file", "comments-only", "empty-list",
+         "env-mode", "env-allow-empty"],
+)
+def test_sync_with_no_rules_is_refused_at_load(
+    tmp_path: Path, toml: str, files: dict[str, str], env: dict[str, str], key: str
+) -> None:
+    for name, text in files.items():
+        write(tmp_path, text, name)
+    err = error_of(tmp_path, toml, env)
+    assert err.key == key
+    assert err.exit_code == ExitCode.CONFIG
+    message = str(err)
+    # What is wrong, why it matters, and every way forward.
+    assert "delete every rule on the App" in message
+    assert "X cannot restore deleted rules" in message
+    for way in ("[[rules.rule]]", 'rules.mode = "add"', '"off"', "rules.allow_empty = true"):
+        assert way in message
+    if key == "rules.file":
+        assert "'rules.toml' holds no rules" in message
+
+
+@pytest.mark.parametrize(
+    ("toml", "env"),
+    [
+        ("[rules]\nallow_empty = true\n", {}),
+        ("", {"STREAMD_RULES__ALLOW_EMPTY": "true"}),
+        ("[rules]\nmode = 'add'\n", {}),
+        ("[rules]\nmode = 'off'\n", {}),
+        ("[[rules.rule]]\nvalue = 'cat'\n", {}),
+        ("[rules]\nfile = 'r.toml'\n", {}),  # r.toml holds one rule
+    ],
+    ids=["allow-empty", "env-allow-empty", "add", "off", "inline-rule", "file-rule"],
+)
+def test_empty_sync_is_allowed_only_when_nothing_is_deleted_or_it_is_asked_for(
+    tmp_path: Path, toml: str, env: dict[str, str]
+) -> None:
+    write(tmp_path, "[[rule]]\nvalue = 'dog'\n", "r.toml")
+    load_settings(write(tmp_path, toml), env)
+
+
+def test_commands_that_never_delete_may_load_an_empty_sync_config(tmp_path: Path) -> None:
+    """`rules list` / `rules diff` never change the App: their loader may skip the check,
+    which still reports the problem on demand."""
+    settings = load_settings(write(tmp_path, "[rules]\nmode = 'sync'\n"), {},
+                             refuse_empty_sync=False)
+    assert settings.rules.allow_empty is False
+    problem = settings.empty_sync_problem()
+    assert problem is not None
+    assert problem.key == "rules.rule"
+    assert Settings.model_validate({"rules": {"mode": "add"}}).empty_sync_problem() is None
+
+
+def test_allow_empty_must_be_a_boolean(tmp_path: Path) -> None:
+    err = error_of(tmp_path, "[rules]\nallow_empty = 'please'\n")
+    assert err.key == "rules.allow_empty"
+    assert "boolean" in err.problem
+
+
+def test_no_rules_warnings_say_what_each_mode_does(tmp_path: Path) -> None:
+    def no_rules_warning(rules: dict[str, object]) -> str:
+        found = [w for w in Settings.model_validate({"rules": rules}).warnings()
+                 if "no rules are configured" in w]
+        assert len(found) == 1
+        return found[0]
+
+    assert "runs on the rules already on the App" in no_rules_warning({"mode": "add"})
+    allowed = no_rules_warning({"mode": "sync", "allow_empty": True})
+    assert "deletes every rule on the App" in allowed
+    assert "exits 78" in allowed
+    # Built without load_settings (which refuses it): the warning is the refusal itself.
+    assert "rules.allow_empty = true" in no_rules_warning({"mode": "sync"})
+    # A rules file with no rules in it counts as no rules (it used to pass silently).
+    write(tmp_path, "", "empty.toml")
+    settings = load_settings(
+        write(tmp_path, "[rules]\nmode = 'add'\nfile = 'empty.toml'\n"), {}
+    )
+    assert any("no rules are configured" in w for w in settings.warnings())
+    off = Settings.model_validate({"rules": {"mode": "off"}})
+    assert not any("no rules" in w for w in off.warnings())
 
 
 def test_rule_specs_are_hashable_values() -> None:
