@@ -88,6 +88,10 @@ CREATE TABLE IF NOT EXISTS seen_ids (
     seen REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_ids_by_time ON seen_ids (seen);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -295,11 +299,13 @@ class Spool:
     def free_fraction(self) -> float:
         return max(0.0, 1.0 - self._bytes / self.max_bytes)
 
-    def append(self, entries: Sequence[SpoolEntry]) -> list[int]:
+    def append(self, entries: Sequence[SpoolEntry], *, force: bool = False) -> list[int]:
         """Store the batch in one transaction (one fsync); return its sequence numbers.
 
         Raises SpoolFull, with nothing written, if the batch would go over max_bytes or the
-        disk is full.
+        disk is full. With `force`, max_bytes is not checked: at shutdown, losing records
+        is worse than holding more than the bound meant for normal operation, so only the
+        disk itself may refuse.
         """
         if not entries:
             return []
@@ -321,7 +327,7 @@ class Spool:
                 )
             )
         with self._lock:
-            if self._bytes + batch_bytes > self.max_bytes:
+            if not force and self._bytes + batch_bytes > self.max_bytes:
                 raise SpoolFull(
                     f"spool {self.path}: batch of {len(entries)} entries ({batch_bytes} bytes) "
                     f"does not fit: {self._bytes} of {self.max_bytes} bytes used"
@@ -485,6 +491,21 @@ class Spool:
                 (horizon, max_ids),
             ).fetchall()
         return [row[0] for row in rows]
+
+    # -- small durable facts about the stream (e.g. when the last line was read) -----------
+
+    def get_meta(self, name: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._lock, self._transaction("set_meta"):
+            self._conn.execute(
+                "INSERT INTO meta (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -236,6 +236,35 @@ def test_disk_full_is_spool_full_and_writes_nothing(spool: Spool) -> None:
     assert spool.count == 2
 
 
+def test_forced_append_goes_past_max_bytes_and_is_kept(tmp_path: Path) -> None:
+    """At shutdown, records held in memory go to the spool even past max_bytes."""
+    one = size_of(entry(0))
+    with Spool(tmp_path, max_bytes=one * 2) as s:
+        s.append([entry(0), entry(1)])
+        with pytest.raises(SpoolFull):
+            s.append([entry(2)])
+        seqs = s.append([entry(i) for i in range(2, 6)], force=True)
+        assert len(seqs) == 4
+        assert (s.count, s.bytes) == (6, one * 6)
+        assert not s.has_room(0)
+        assert s.free_fraction() == 0.0
+    with Spool(tmp_path, max_bytes=one * 2) as s:
+        assert [e for _, e in everything(s)] == [entry(i) for i in range(6)]
+        with pytest.raises(SpoolFull):  # the bound still holds for normal appends
+            s.append([entry(6)])
+
+
+def test_forced_append_still_fails_when_the_disk_refuses(spool: Spool) -> None:
+    spool.append([entry(0)])
+    before = everything(spool)
+    (pages,) = spool._conn.execute("PRAGMA page_count").fetchone()
+    spool._conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(SpoolFull, match="disk full"):
+        spool.append([entry(i, size=20_000) for i in range(1, 20)], force=True)
+    assert everything(spool) == before
+    assert spool.count == 1
+
+
 def test_has_room_and_free_fraction(tmp_path: Path) -> None:
     with Spool(tmp_path, max_bytes=1000) as s:
         assert s.free_fraction() == 1.0
