@@ -29,9 +29,16 @@ class RulesError(StreamdError):
 
 
 class CredentialsError(StreamdError):
-    """X refused the credentials or the app's access level (401/403)."""
+    """X refused the credentials or the app's access level (401/403), on any endpoint.
+
+    `reason` is the disconnect reason it stands for: "unauthorized" (401) or "forbidden"
+    (403)."""
 
     exit_code = ExitCode.CREDENTIALS
+
+    def __init__(self, message: str, reason: str = "unauthorized") -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class FatalDisconnect(StreamdError):

@@ -39,6 +39,9 @@ PUBLISH_FAILURE_REASONS: tuple[str, ...] = ("timeout", "unavailable", "too_large
 # What each line read from the stream was: a tweet, a heartbeat (blank line), an
 # error-only message (errors[] without data), or a line that went to the DLQ.
 STREAM_LINE_KINDS: tuple[str, ...] = ("tweet", "keepalive", "error", "invalid")
+# How a gap (a time when no connection was reading) was covered: by the other redundant
+# connection, by backfill on the reconnect, by a recovery job, or not at all.
+GAP_COVERED_BY: tuple[str, ...] = ("redundant", "backfill", "recovery", "none")
 # X endpoints whose x-rate-limit-remaining header is exported.
 RATE_LIMIT_ENDPOINTS: tuple[str, ...] = ("stream", "rules_get", "rules_post")
 
@@ -148,6 +151,12 @@ class Metrics:
         self.rules_active = Gauge(
             "streamd_rules_active", "Rules active on the server after the last sync", registry=r
         )
+        self.gap_seconds = Counter(
+            "streamd_gap_seconds_total",
+            "Seconds in which no connection was reading the stream, by how they were covered",
+            ["covered_by"],
+            registry=r,
+        )
 
         # --- publishing ---
         self.tweets_published = Counter(
@@ -206,6 +215,8 @@ class Metrics:
             self.publish_failures.labels(reason=failure)
         for kind in STREAM_LINE_KINDS:
             self.stream_lines.labels(kind=kind)
+        for covered_by in GAP_COVERED_BY:
+            self.gap_seconds.labels(covered_by=covered_by)
         # x_rate_limit_remaining is left unset until a header is seen: a pre-set 0 would
         # read as "exhausted".
 

@@ -16,6 +16,7 @@ a delete plus an add. X refuses a second rule with the same value whatever its t
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,7 +85,8 @@ class InvalidRule:
         return f"rule {self.value!r}{tag}:" + "".join(f"\n    {d}" for d in self.details)
 
 
-_TRANSIENT = frozenset({Reason.NETWORK, Reason.SERVER_ERROR, Reason.RATE_LIMITED})
+_TRANSIENT = frozenset({Reason.NETWORK, Reason.SERVER_ERROR, Reason.RATE_LIMITED,
+                        Reason.USAGE_CAP})
 
 
 class RulesSyncError(RulesError):
@@ -255,6 +257,10 @@ class DeleteOutcome:
 
 
 Sleep = Callable[[float], Awaitable[None]]
+# (reason, attempt number that failed, seconds until the next one, what went wrong)
+RetryHook = Callable[[str, int, float, str], None]
+# 2^60 times any positive delay is past every cap: keeps the float arithmetic finite.
+_MAX_EXPONENT = 60
 
 
 def header_number(headers: Mapping[str, str], name: str) -> float | None:
@@ -293,6 +299,15 @@ def _is_rule_cap(response: httpx.Response) -> bool:
     return problem_slug(str(_body_or_empty(response).get("type", ""))) == "rule-cap"
 
 
+def _count(value: Any, default: int) -> int:
+    """A count from X's `meta.summary`; a missing or odd value is not worth a crash."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 10:
+        return int(value)  # newer specs type the counts as strings
+    return max(0, default)
+
+
 def _problem_text(body: Mapping[str, Any]) -> str:
     """A one-line account of a problem body, nested `errors[].message` included."""
     parts = [str(body[k]) for k in ("title", "detail") if body.get(k)]
@@ -307,8 +322,12 @@ class RulesApi:
 
     Before each request, if the endpoint's window is exhausted (remaining 0) we wait for its
     reset. A 429 waits max(reset - now, exponential backoff); 5xx and transport errors retry
-    with the same backoff; all bounded by `max_attempts` and `max_wait` (a single wait longer
-    than that raises rather than hanging a start-up for more than a window)."""
+    with the same backoff. Commands bound this with `max_attempts` and `max_wait` (a single
+    wait longer than that raises rather than keeping a terminal busy for a window). The
+    daemon passes `max_attempts=None` and `max_wait=math.inf`: a rules endpoint in trouble
+    is weather, and the daemon waits it out like the stream does (only 401/403 and invalid
+    rules are fatal). Every wait goes through `sleep`, so the caller can cancel it (SIGTERM)
+    and count it as deliberate waiting (the systemd watchdog); `on_retry` hears of each one."""
 
     def __init__(
         self,
@@ -317,16 +336,18 @@ class RulesApi:
         *,
         sleep: Sleep = anyio.sleep,
         clock: Callable[[], float] = time.time,
-        max_attempts: int = 6,
+        max_attempts: int | None = 6,
         retry_initial: float = 1.0,
         retry_max: float = 60.0,
         max_wait: float = 16 * 60.0,
+        on_retry: RetryHook | None = None,
     ) -> None:
         self._client = client
         self._metrics = metrics
         self._sleep = sleep
         self._clock = clock
         self._max_attempts = max_attempts
+        self._on_retry = on_retry
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._max_wait = max_wait
@@ -372,8 +393,8 @@ class RulesApi:
         response = await self._post({"delete": {"ids": list(ids)}}, dry_run=dry_run)
         body = self._expect(response, {200})
         summary = (body.get("meta") or {}).get("summary") or {}
-        deleted = int(summary.get("deleted", len(ids)))
-        return DeleteOutcome(deleted, int(summary.get("not_deleted", len(ids) - deleted)))
+        deleted = _count(summary.get("deleted"), len(ids))
+        return DeleteOutcome(deleted, _count(summary.get("not_deleted"), len(ids) - deleted))
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -400,7 +421,8 @@ class RulesApi:
         )
 
     def _backoff(self, attempt: int) -> float:
-        return float(min(self._retry_initial * 2**attempt, self._retry_max))
+        return float(min(self._retry_initial * 2.0 ** min(attempt, _MAX_EXPONENT),
+                         self._retry_max))
 
     async def _wait(self, seconds: float, why: str) -> None:
         if seconds > self._max_wait:
@@ -439,7 +461,11 @@ class RulesApi:
         failure = ""
         reason: str = Reason.NETWORK
         delay = 0.0  # before the next attempt; none after the last one
-        for attempt in range(self._max_attempts):
+        attempts = itertools.count() if self._max_attempts is None else range(
+            self._max_attempts)
+        for attempt in attempts:
+            if attempt and self._on_retry is not None:
+                self._on_retry(reason, attempt, delay, failure)
             await self._wait(delay, failure)
             await self._wait_for_window(endpoint)
             self.requests += 1
@@ -456,7 +482,8 @@ class RulesApi:
             if status in (401, 403) and not _is_rule_cap(response):
                 raise CredentialsError(
                     f"X refused the credentials on the rules endpoint (HTTP {status}): "
-                    f"{_problem_text(_body_or_empty(response))}"
+                    f"{_problem_text(_body_or_empty(response))}",
+                    Reason.UNAUTHORIZED if status == 401 else Reason.FORBIDDEN,
                 )
             if status in (420, 429):
                 window = self._windows[endpoint]
@@ -467,6 +494,12 @@ class RulesApi:
                 continue
             if status >= 500:
                 reason, failure = Reason.SERVER_ERROR, f"{endpoint} answered {status}"
+                delay = self._backoff(attempt)
+                continue
+            if status == 402:
+                # Pay-per-use credits used up: it passes when they are topped up, as the
+                # stream's usage cap does. Wait, never exit 78 (systemd would not restart).
+                reason, failure = Reason.USAGE_CAP, f"{endpoint} answered 402 (credits)"
                 delay = self._backoff(attempt)
                 continue
             return response
@@ -685,15 +718,18 @@ async def sync_configured_rules(
     *,
     trigger: str,
     dry_run: bool = False,
+    api: RulesApi | None = None,
 ) -> SyncResult:
-    """The daemon's entry point: sync `settings`' rules over `client` (from make_client).
+    """The daemon's entry point: sync `settings`' rules over `client` (from make_client),
+    or through `api` when the caller configured one (the daemon's retries forever).
 
     Mode "off" returns a falsy result without any request. Raises RulesSyncError (a
     RulesError, with `.reason` "rules_cap" or "invalid_rules", ...) when the rules cannot be
     applied — the caller applies rules.on_error — and CredentialsError on 401/403."""
     if settings.rules.mode == "off":
         return SyncResult("off", dry_run)
-    api = RulesApi(client, metrics)
+    if api is None:
+        api = RulesApi(client, metrics)
     return await sync_rules(
         api, settings.resolved_rules(), settings.rules, log, metrics,
         trigger=trigger, dry_run=dry_run,

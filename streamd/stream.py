@@ -7,8 +7,10 @@ stream, so a slow Kafka shows up as queue depth, not as a stalled socket read.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
@@ -36,12 +38,15 @@ from streamd.records import (
     OutRecord,
     dlq_record,
     interpret_line,
+    rfc3339_ms,
 )
 
 STREAM_PATH = "/2/tweets/search/stream"
 USER_AGENT = f"streamd/{__version__} (+filtered-stream to Kafka; httpx/{httpx.__version__})"
 # An error body on a failed connect is small; never buffer more than this of it.
 _MAX_ERROR_BODY = 64 * 1024
+# Closing a connection is quick or the peer is gone: never let it hold up a reconnect.
+_CLOSE_TIMEOUT = 2.0
 
 # The reader hands records over in lists of at most this many; the queue holds
 # stream.queue_size // QUEUE_BATCH lists, so it bounds lines, not network reads.
@@ -52,14 +57,6 @@ def queue_batches(queue_size: int) -> int:
     return max(4, queue_size // QUEUE_BATCH)
 
 
-_FIELD_PARAMS = {
-    "tweet.fields": "tweet_fields",
-    "expansions": "expansions",
-    "user.fields": "user_fields",
-    "media.fields": "media_fields",
-    "poll.fields": "poll_fields",
-    "place.fields": "place_fields",
-}
 
 
 class Logger(Protocol):
@@ -68,19 +65,16 @@ class Logger(Protocol):
     def error(self, event: str, **kw: Any) -> Any: ...
 
 
-def stream_params(settings: Settings, *, backfill: bool) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for param, attr in _FIELD_PARAMS.items():
-        values = getattr(settings.x, attr)
-        if values:
-            params[param] = ",".join(values)
-    if backfill and settings.stream.backfill_minutes > 0:
-        params["backfill_minutes"] = str(settings.stream.backfill_minutes)
+def stream_params(settings: Settings, *, backfill_minutes: int = 0) -> dict[str, str]:
+    params = settings.x.stream_params()
+    if backfill_minutes > 0:
+        params["backfill_minutes"] = str(backfill_minutes)
     return params
 
 
 def make_client(settings: Settings, token: str) -> httpx.AsyncClient:
-    """One long-lived client: HTTP/2 when the server offers it, gzip accepted."""
+    """A client for X: HTTP/2 when the server offers it, gzip accepted, no read timeout
+    (the stream's stall watchdog owns that; the rules calls set their own)."""
     return httpx.AsyncClient(
         base_url=settings.x.api_url,
         http2=True,
@@ -89,17 +83,64 @@ def make_client(settings: Settings, token: str) -> httpx.AsyncClient:
             "User-Agent": USER_AGENT,
             "Accept-Encoding": "gzip",
         },
-        # The read timeout is ours (the stall watchdog), so httpx gets none.
         timeout=httpx.Timeout(settings.x.connect_timeout, read=None),
         follow_redirects=False,
     )
+
+
+def backfill_for_gap(gap_seconds: float, configured_minutes: int) -> int:
+    """The backfill to ask for after `gap_seconds` without reading: the gap in whole
+    minutes, rounded up, at most `configured_minutes` (X allows 0..5)."""
+    if configured_minutes <= 0 or gap_seconds <= 0:
+        return 0
+    return min(configured_minutes, max(1, math.ceil(gap_seconds / 60.0)))
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A time in which no connection was reading, closed by a successful connect."""
+
+    start: float  # epoch seconds: the last read before it
+    end: float  # epoch seconds: the connect that ended it
+    backfill_minutes: int  # asked for on that connect
+    configured_minutes: int  # stream.backfill_minutes
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.end - self.start)
+
+    @property
+    def covered_by(self) -> str:
+        # X re-streams the last `backfill_minutes` before the connect: that covers the gap
+        # if the window reaches back to its start.
+        if self.backfill_minutes and self.seconds <= self.backfill_minutes * 60:
+            return "backfill"
+        return "none"
+
+    @property
+    def detail(self) -> str:
+        if self.covered_by == "backfill":
+            return f"backfill_minutes={self.backfill_minutes} re-streams the gap"
+        if self.configured_minutes == 0:
+            return "stream.backfill_minutes = 0: posts created in the gap are not re-sent"
+        return (f"longer than the {self.configured_minutes}-minute backfill window: "
+                "only its last minutes are re-sent")
+
+
+def _rfc3339(epoch_seconds: float) -> str:
+    return rfc3339_ms(int(epoch_seconds * 1000))
+
+
+def _no_headers(seconds: float) -> Classification:
+    return Classification(Reason.STALL, None, None, None, None,
+                          f"no response headers within {seconds:g} s", None)
 
 
 class StreamReader:
     def __init__(
         self,
         settings: Settings,
-        client: httpx.AsyncClient,
+        client_factory: Callable[[], httpx.AsyncClient],
         metrics: Metrics,
         log: Logger,
         policy: ReconnectPolicy,
@@ -108,9 +149,14 @@ class StreamReader:
         on_no_rules: Callable[[], Awaitable[bool]] | None = None,
         room: Callable[[], anyio.Event] | None = None,
         clock: Callable[[], float] = time.time,
+        last_read_at: float | None = None,
     ) -> None:
         self._settings = settings
-        self._client = client
+        # A fresh client, hence a fresh connection, for every connect: after a stall, a
+        # connect timeout or our own close mid-body the old socket may be half dead, and
+        # over HTTP/2 httpx does not reset an abandoned stream, which would keep holding
+        # X's only connection slot. Closing the client closes its sockets.
+        self._client_factory = client_factory
         self._metrics = metrics
         self._log = log
         self._policy = policy
@@ -122,7 +168,6 @@ class StreamReader:
         self._ce_source = settings.kafka.ce_source.encode()
         self._stopping = False
         self._read_scope: anyio.CancelScope | None = None
-        self._had_connection = False
         self._healthy_since_connect = False
         self.connected = False
         self.in_backoff = False  # sleeping out a scheduled reconnect delay
@@ -130,6 +175,10 @@ class StreamReader:
         self.received = 0
         self.duplicates = 0
         self.last_progress = time.monotonic()
+        # Wall-clock time of the last read from X (tweets and heartbeats alike): the start
+        # of the gap that the next connect closes. Persisted by the daemon across restarts.
+        self.last_read_at = last_read_at
+        self.last_reason: Reason | None = None
 
     def stop(self) -> None:
         """Stop reading: end the current connection or backoff wait; run() then returns."""
@@ -163,11 +212,17 @@ class StreamReader:
             return
         self._log.warning("stream.paused", reason=str(Reason.SPOOL_FULL),
                           detail="spool full: not reading X until it has room")
-        self.in_backoff = True  # waiting on purpose (systemd watchdog)
+        await self._wait_on_purpose(room.wait())
+
+    async def _wait_on_purpose(self, waiting: Awaitable[Any]) -> None:
+        """A deliberate wait (backoff, full spool): stop() ends it; the watchdog knows."""
+        self.in_backoff = True
         try:
             with anyio.CancelScope() as scope:
                 self._read_scope = scope
-                await room.wait()
+                if self._stopping:
+                    scope.cancel()
+                await waiting
         finally:
             self._read_scope = None
             self.in_backoff = False
@@ -182,16 +237,21 @@ class StreamReader:
             fields["detail"] = c.detail
         self._log.warning("stream.disconnected", **fields)
         self._metrics.stream_disconnects.labels(reason=str(c.reason)).inc()
-        self.usage_capped = c.reason is Reason.USAGE_CAP
-        self._metrics.usage_capped.set(1 if self.usage_capped else 0)
+        self.last_reason = c.reason
+        if c.reason is Reason.USAGE_CAP:
+            # Cleared by the next successful connect, not by any other failure.
+            self.usage_capped = True
+            self._metrics.usage_capped.set(1)
         if c.reason is Reason.SPOOL_FULL:
             # Our own choice, not X's: reconnect as soon as there is room, no backoff.
             await self._wait_for_room()
             return
-        if c.reason is Reason.NO_RULES and (
-            self._on_no_rules is None or not await self._on_no_rules()
-        ):
-            raise FatalDisconnect(
+        if c.reason is Reason.NO_RULES:
+            synced = self._on_no_rules is not None and await self._on_no_rules()
+            if self._stopping:
+                return
+            if not synced:
+                raise FatalDisconnect(
                     str(c.reason), ExitCode.CONFIG,
                     "the stream has no rules and none are configured: add [[rules.rule]] "
                     "entries (rules.mode = \"sync\" or \"add\") or create rules on X",
@@ -202,14 +262,7 @@ class StreamReader:
             delay_s=round(delay, 3),
         )
         self._metrics.reconnect_delay.labels(reason=str(c.reason)).observe(delay)
-        self.in_backoff = True
-        try:
-            with anyio.CancelScope() as scope:
-                self._read_scope = scope
-                await anyio.sleep(delay)
-        finally:
-            self._read_scope = None
-            self.in_backoff = False
+        await self._wait_on_purpose(anyio.sleep(delay))
 
     def _set_connected(self, connected: bool) -> None:
         self.connected = connected
@@ -220,85 +273,131 @@ class StreamReader:
         if remaining is not None and remaining.isdigit():
             self._metrics.x_rate_limit_remaining.labels(endpoint="stream").set(int(remaining))
 
+    def _backfill_minutes(self) -> int:
+        if self.last_read_at is None:
+            return 0  # never read before: there is no gap to fill
+        return backfill_for_gap(self._clock() - self.last_read_at,
+                                self._settings.stream.backfill_minutes)
+
+    def _on_connected(self, attempt: int, backfill_minutes: int) -> None:
+        now = self._clock()
+        self._set_connected(True)
+        self._policy.on_connected()
+        if self.usage_capped:
+            self.usage_capped = False  # X let us in: the cap no longer holds
+            self._metrics.usage_capped.set(0)
+        self.last_reason = None
+        self._log.info("stream.connected", attempt=attempt,
+                       **({"backfill_minutes": backfill_minutes} if backfill_minutes else {}))
+        if self.last_read_at is not None:
+            gap = Gap(self.last_read_at, now, backfill_minutes,
+                      self._settings.stream.backfill_minutes)
+            self._log.info("stream.gap", **{"from": _rfc3339(gap.start)}, to=_rfc3339(gap.end),
+                           seconds=round(gap.seconds, 3), covered_by=gap.covered_by,
+                           detail=gap.detail)
+            self._metrics.gap_seconds.labels(covered_by=gap.covered_by).inc(gap.seconds)
+        self.last_read_at = now
+
     async def _session(
         self, send: MemoryObjectSendStream[list[OutRecord]], attempt: int
     ) -> Classification:
         """One connect and, if it succeeds, one connection's life. Returns why it ended."""
         self._healthy_since_connect = False
-        params = stream_params(self._settings, backfill=self._had_connection)
         framer = LineFramer(self._settings.stream.max_line_bytes)
-        last_message: Classification | None = None
-        with anyio.CancelScope() as scope:
-            self._read_scope = scope
-            try:
-                async with self._client.stream("GET", STREAM_PATH, params=params) as resp:
-                    self._note_rate_limit(resp.headers)
-                    if resp.status_code != 200:
-                        body = await _read_bounded(resp, _MAX_ERROR_BODY)
-                        return classify_connect_response(resp.status_code, resp.headers, body)
-                    self._had_connection = True
-                    self._set_connected(True)
-                    self._policy.on_connected()
-                    self._log.info("stream.connected", attempt=attempt)
-                    last_message = await self._read_body(resp, framer, send, scope)
-                    if last_message is not None and last_message.reason in (
-                        Reason.STALL, Reason.SPOOL_FULL
-                    ):
-                        await self._flush_tail(framer, send)
-                        return last_message
-            except httpx.HTTPError as exc:
-                await self._flush_tail(framer, send)
-                return classify_transport_error(exc)
-            except OSError as exc:
-                await self._flush_tail(framer, send)
-                return classify_transport_error(exc)
-            finally:
-                self._read_scope = None
-        if scope.cancelled_caught:
-            return Classification(Reason.SHUTDOWN, None, None, None, None, "stopping", None)
+        outcome = Classification(Reason.SHUTDOWN, None, None, None, None, "stopping", None)
+        client = self._client_factory()
+        try:
+            with anyio.CancelScope() as scope:
+                self._read_scope = scope
+                if self._stopping:
+                    scope.cancel()
+                outcome = await self._connect_and_read(client, framer, send, attempt)
+        finally:
+            self._read_scope = None
+            # Whatever state the connection is in, it goes: never back into a pool.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
+                await client.aclose()
         await self._flush_tail(framer, send)
-        return classify_eof(last_message)
+        return outcome
+
+    async def _connect_and_read(
+        self,
+        client: httpx.AsyncClient,
+        framer: LineFramer,
+        send: MemoryObjectSendStream[list[OutRecord]],
+        attempt: int,
+    ) -> Classification:
+        stall_timeout = self._settings.stream.stall_timeout
+        backfill = self._backfill_minutes()
+        request = client.build_request(
+            "GET", STREAM_PATH, params=stream_params(self._settings, backfill_minutes=backfill)
+        )
+        try:
+            # X may accept the request and never answer: the wait for the response headers
+            # is bounded like any other silence on the stream.
+            with anyio.move_on_after(stall_timeout) as waiting:
+                resp = await client.send(request, stream=True)
+            if waiting.cancelled_caught:
+                return _no_headers(stall_timeout)
+            try:
+                self._note_rate_limit(resp.headers)
+                if resp.status_code != 200:
+                    body = await _read_bounded(resp, _MAX_ERROR_BODY, stall_timeout)
+                    return classify_connect_response(resp.status_code, resp.headers, body)
+                self._on_connected(attempt, backfill)
+                return await self._read_body(resp, framer, send)
+            finally:
+                await resp.aclose()
+        except (httpx.HTTPError, OSError) as exc:
+            return classify_transport_error(exc)
 
     async def _read_body(
         self,
         resp: httpx.Response,
         framer: LineFramer,
         send: MemoryObjectSendStream[list[OutRecord]],
-        read_scope: anyio.CancelScope,
-    ) -> Classification | None:
-        """Read until the body ends. Returns the last in-stream disconnect message, or a
-        `stall` classification when no byte arrived for stall_timeout seconds."""
+    ) -> Classification:
+        """Read until the body ends, stalls, fails, or we stop; return why it ended.
+
+        An in-stream disconnect message (operational-disconnect, usage-capped, ...) names the
+        end even when the transport then dies abruptly (TCP reset, a missing final chunk,
+        HTTP/2 RST_STREAM): X said why; the abrupt end is only how."""
         stall_timeout = self._settings.stream.stall_timeout
-        last_message: Classification | None = None
+        message: Classification | None = None
         chunks = resp.aiter_bytes()
-        while True:
-            with anyio.move_on_after(stall_timeout) as stall_scope:
-                try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    return last_message
-            if stall_scope.cancelled_caught:
-                return Classification(
-                    Reason.STALL, 200, None, None, None,
-                    f"no data for {stall_timeout:g} s", None,
-                )
-            self.last_progress = time.monotonic()
-            frames = framer.feed(chunk)
-            if not frames:
-                continue
-            records, message = self._process(frames)
-            if message is not None:
-                last_message = message
-            if records:
-                # Shielded: a record that was read is queued even while stopping.
-                with anyio.CancelScope(shield=True):
-                    for i in range(0, len(records), QUEUE_BATCH):
-                        await send.send(records[i:i + QUEUE_BATCH])
-            if read_scope.cancel_called:
-                return last_message
-            if self._room is not None and not self._room().is_set():
-                return Classification(Reason.SPOOL_FULL, 200, None, None, None,
-                                      "spool full: closing the stream until it has room", None)
+        try:
+            while True:
+                with anyio.move_on_after(stall_timeout) as stall_scope:
+                    try:
+                        chunk = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        return classify_eof(message)
+                if stall_scope.cancelled_caught:
+                    return Classification(
+                        Reason.STALL, 200, None, None, None,
+                        f"no data for {stall_timeout:g} s", None,
+                    )
+                self.last_progress = time.monotonic()
+                self.last_read_at = self._clock()
+                frames = framer.feed(chunk)
+                if not frames:
+                    continue
+                records, found = self._process(frames)
+                if found is not None:
+                    message = found
+                if records:
+                    # Shielded: a record that was read is queued even while stopping.
+                    with anyio.CancelScope(shield=True):
+                        for i in range(0, len(records), QUEUE_BATCH):
+                            await send.send(records[i:i + QUEUE_BATCH])
+                if self._stopping:
+                    return message or classify_eof(None)
+                if self._room is not None and not self._room().is_set():
+                    return Classification(
+                        Reason.SPOOL_FULL, 200, None, None, None,
+                        "spool full: closing the stream until it has room", None)
+        except (httpx.HTTPError, OSError) as exc:
+            return message if message is not None else classify_transport_error(exc)
 
     def _process(
         self, frames: list[bytes | Oversize]
@@ -385,9 +484,9 @@ class StreamReader:
             await send.send([record])
 
 
-async def _read_bounded(resp: httpx.Response, limit: int) -> bytes:
+async def _read_bounded(resp: httpx.Response, limit: int, seconds: float) -> bytes:
     body = bytearray()
-    with anyio.move_on_after(10):
+    with anyio.move_on_after(seconds):
         async for chunk in resp.aiter_bytes():
             body += chunk
             if len(body) >= limit:

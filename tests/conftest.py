@@ -31,6 +31,14 @@ def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
 
 
 @pytest.fixture
+def topics_on(own_broker: LocalBroker) -> tuple[str, str]:
+    """(topic, dlq_topic) on the test's own broker."""
+    own_broker.create_topic("t", partitions=3)
+    own_broker.create_topic("t.dlq", partitions=1)
+    return "t", "t.dlq"
+
+
+@pytest.fixture
 def topics(broker: LocalBroker) -> tuple[str, str]:
     """A fresh (topic, dlq_topic) pair on the session broker."""
     n = next(_topic_ids)

@@ -3,6 +3,7 @@ daemon child process whose JSON log events are collected."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,10 +11,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from streamd.simulator import Simulator, SimulatorConfig
 
 
 @dataclass
@@ -162,8 +165,9 @@ class DaemonProcess:
         self.events: list[dict[str, Any]] = []
         self.raw_stderr: list[str] = []
         self._cond = threading.Condition()
-        full_env = {**os.environ, **(env or {})}
-        full_env.pop("NOTIFY_SOCKET", None)
+        # The test's own systemd socket (if any) is not the daemon's; a test passes one.
+        full_env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        full_env.update(env or {})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamd", "run", "-c", str(config_path)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
@@ -226,3 +230,72 @@ class DaemonProcess:
             self.proc.wait(10)
 
 
+
+
+class NotifySocket:
+    """A stand-in for systemd's $NOTIFY_SOCKET: an AF_UNIX datagram socket whose messages
+    (READY=1, STATUS=..., WATCHDOG=1) are collected by a thread."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+
+        self.path = path
+        self.messages: list[str] = []
+        self._cond = threading.Condition()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.2)
+        self._open = True
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def env(self, watchdog_s: float | None = None) -> dict[str, str]:
+        env = {"NOTIFY_SOCKET": str(self.path)}
+        if watchdog_s is not None:
+            env["WATCHDOG_USEC"] = str(int(watchdog_s * 1_000_000))
+        return env
+
+    def _collect(self) -> None:
+        while self._open:
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._cond:
+                self.messages.extend(data.decode(errors="replace").splitlines())
+                self._cond.notify_all()
+
+    def lines(self, prefix: str) -> list[str]:
+        with self._cond:
+            return [m[len(prefix):] for m in self.messages if m.startswith(prefix)]
+
+    def wait_for(self, pred: Callable[[list[str]], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not pred(self.messages):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out: {what}; got {self.messages[-10:]}")
+                self._cond.wait(min(left, 0.2))
+
+    def close(self) -> None:
+        self._open = False
+        self._sock.close()
+        self._thread.join(2)
+
+
+@contextlib.contextmanager
+def simulator(*, rules: tuple[tuple[str, str | None], ...] = (("cat", "cats"),),
+              **config: Any) -> Iterator[Simulator]:
+    """A running simulator for daemon tests: every tweet matches, heartbeats every 0.5 s,
+    rules in force at once (X takes about 20 s), `rules` on the server; `config` overrides
+    any SimulatorConfig field."""
+    settings: dict[str, Any] = {"port": 0, "heartbeat_interval": 0.5, "match_all": True,
+                                "rule_propagation_delay": 0.0}
+    settings.update(config)
+    with Simulator(SimulatorConfig(**settings)) as sim:
+        if rules:
+            sim.add_rules(list(rules))
+        yield sim

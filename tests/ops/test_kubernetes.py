@@ -11,6 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from streamd.daemon import SHUTDOWN_MARGIN_S
+
 KUSTOMIZE_ROOT = Path(__file__).resolve().parents[2] / "config" / "kubernetes"
 BASE = KUSTOMIZE_ROOT / "base"
 OVERLAY = KUSTOMIZE_ROOT / "overlays" / "second-stream"
@@ -97,7 +99,8 @@ def test_probes_and_grace_period(rendered: list[Manifest]) -> None:
     assert ports == {"metrics": 9464}
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert container[probe]["httpGet"]["port"] in ("metrics", 9464)
-    assert pod["terminationGracePeriodSeconds"] > FLUSH_TIMEOUT_S
+    # The daemon exits within flush_timeout + SHUTDOWN_MARGIN_S; SIGKILL must come later.
+    assert pod["terminationGracePeriodSeconds"] >= FLUSH_TIMEOUT_S + SHUTDOWN_MARGIN_S + 10
 
 
 def test_hardening(rendered: list[Manifest]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from rig import DaemonProcess, daemon_config, metric, read_topic
+from rig import DaemonProcess, daemon_config, metric, read_topic, simulator
 
 from streamd.broker import LocalBroker, free_port
 from streamd.simulator import ConnectFault, Fault, Simulator, SimulatorConfig
@@ -23,13 +23,8 @@ StartDaemon = Callable[..., DaemonProcess]
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    s = Simulator(SimulatorConfig(
-        port=0, tweets_per_second=200.0, heartbeat_interval=0.5, match_all=True, seed=3,
-    ))
-    s.start()
-    s.add_rules([("cat", "cats")])
-    yield s
-    s.stop()
+    with simulator(tweets_per_second=200.0, seed=3) as s:
+        yield s
 
 
 def test_10k_tweets_reach_the_topic_byte_identical(

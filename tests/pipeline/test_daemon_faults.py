@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from rig import DaemonProcess, daemon_config, metric, read_topic, wait_until
+from rig import DaemonProcess, daemon_config, metric, read_topic, simulator, wait_until
 
 from streamd.broker import LocalBroker
-from streamd.simulator import Fault, Simulator, SimulatorConfig
+from streamd.simulator import Fault, Simulator
 
 pytestmark = pytest.mark.broker
 
@@ -22,20 +22,8 @@ StartDaemon = Callable[..., DaemonProcess]
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    s = Simulator(SimulatorConfig(
-        port=0, tweets_per_second=1000.0, heartbeat_interval=0.5, match_all=True, seed=11,
-    ))
-    s.start()
-    s.add_rules([("cat", "cats")])
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def topics_on(own_broker: LocalBroker) -> tuple[str, str]:
-    own_broker.create_topic("t", partitions=3)
-    own_broker.create_topic("t.dlq", partitions=1)
-    return "t", "t.dlq"
+    with simulator(tweets_per_second=1000.0, seed=11) as s:
+        yield s
 
 
 def poll_max(port: int, name: str, seconds: float) -> float:
@@ -224,6 +212,7 @@ def test_duplicates_and_backfill_replays_are_dropped_and_counted(
     sim: Simulator, broker: LocalBroker, topics: tuple[str, str], tmp_path: Path,
     run_daemon: StartDaemon,
 ) -> None:
+    sim.set_tier("enterprise")  # X honours backfill_minutes on Enterprise only
     d = run_daemon(daemon_config(sim.url, broker.bootstrap, *topics, tmp_path,
                                  stream={"backfill_minutes": 1}))
     d.wait_event("stream.connected")

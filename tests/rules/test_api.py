@@ -3,6 +3,7 @@ A fake clock: every wait is recorded, none is slept."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import anyio
@@ -168,3 +169,49 @@ def test_unreachable_server_is_transient_exit_70(clock: FakeClock) -> None:
     assert caught.value.exit_code == 70
     assert clock.slept == [1.0, 2.0, 4.0]  # no wait after the last attempt
     assert RulesSyncError("invalid_rules", "x").exit_code == 78
+
+
+def test_daemon_mode_retries_indefinitely_on_the_given_schedule(clock: FakeClock) -> None:
+    """The daemon never gives up on a rules endpoint in trouble: it waits like the stream's
+    server_error backoff (initial doubling to a cap), every wait reported through on_retry."""
+    failures = {"left": 12}
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if failures["left"]:
+            failures["left"] -= 1
+            if failures["left"] % 2:
+                raise httpx.ConnectError("refused")
+            return httpx.Response(503, json={"title": "Service Unavailable",
+                                             "type": "about:blank"})
+        return httpx.Response(200, json={"meta": {"result_count": 0}})
+
+    retries: list[tuple[str, int, float]] = []
+    client = httpx.AsyncClient(base_url="https://x.test", transport=httpx.MockTransport(flaky))
+    api = RulesApi(client, sleep=clock.sleep, clock=clock, max_attempts=None,
+                   retry_initial=5.0, retry_max=40.0, max_wait=math.inf,
+                   on_retry=lambda reason, n, delay, why: retries.append((reason, n, delay)))
+    assert anyio.run(api.list_rules) == []
+    assert api.requests == 13
+    assert clock.slept == [5.0, 10.0, 20.0] + [40.0] * 9
+    assert [r[2] for r in retries] == clock.slept
+    assert {r[0] for r in retries} == {"network", "server_error"}
+
+
+def test_daemon_mode_waits_out_a_far_rate_limit_reset(fake_x: FakeX, clock: FakeClock,
+                                                      make_api: MakeApi) -> None:
+    far = {"x-rate-limit-remaining": "0", "x-rate-limit-reset": str(int(clock.now) + 7200)}
+    fake_x.script = [(429, {"type": "about:blank"}, far)]
+    api = make_api(max_attempts=None, max_wait=math.inf)
+    assert anyio.run(api.list_rules) == []
+    assert len(clock.slept) == 1
+    assert clock.slept[0] >= 7200
+
+
+@pytest.mark.parametrize(("status", "reason"), [(401, "unauthorized"), (403, "forbidden")])
+def test_credentials_refused_names_the_reason(fake_x: FakeX, make_api: MakeApi, status: int,
+                                              reason: str) -> None:
+    fake_x.script = [(status, {"title": "Unauthorized", "type": "about:blank"}, {})]
+    with pytest.raises(CredentialsError) as caught:
+        anyio.run(make_api(max_attempts=None).list_rules)
+    assert caught.value.reason == reason
+    assert caught.value.exit_code == 77
