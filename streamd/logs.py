@@ -2,16 +2,21 @@
 
 Every line, from streamd's own structlog loggers and from stdlib loggers (aiokafka, httpx,
 uvicorn), goes through the same processors, so the redaction of registered secrets is a
-property of the output, not of each call site.
+property of the output, not of each call site. So is the throttle (LogThrottle): an exact
+repeat of a recent line is counted instead of written.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import hashlib
 import logging
 import sys
 import threading
+import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -32,6 +37,7 @@ _MIN_SECRET_LENGTH = 4
 REDACTED = "***"
 
 _secrets: set[str] = set()
+_ordered_secrets: tuple[str, ...] = ()
 _secrets_lock = threading.Lock()
 _handler: logging.Handler | None = None
 _current_level = "info"
@@ -42,27 +48,69 @@ def current_level() -> str:
     return _current_level
 
 
+def _secret_forms(value: str) -> set[str]:
+    """The ways `value` can show up in text: as is, URL-encoded or -decoded (X bearer tokens
+    are often stored with "%3D"), and escaped the way a message quotes it: inside repr() of
+    a str or of bytes (httpx's "Illegal header value b'Bearer ...'"), JSON, or
+    terminal.printable(). A secret with a newline or a NUL in it is still caught when an
+    exception message shows it as `\\n` or `\\x00`."""
+    # Imported here, not at the top: this keeps the module's import block to the logging
+    # set-up that shares this file.
+    import json
+
+    from streamd.terminal import printable
+
+    plain = {value, urllib.parse.quote(value, safe=""), urllib.parse.unquote(value)}
+    forms = set(plain)
+    for form in plain:
+        for quoted in (
+            repr(form)[1:-1],
+            ascii(form)[1:-1],
+            repr(form.encode("utf-8", "backslashreplace"))[2:-1],
+            json.dumps(form)[1:-1],
+            json.dumps(form, ensure_ascii=False)[1:-1],
+            printable(form),
+        ):
+            forms.add(quoted)
+            # repr() escapes a quote only when the whole text holds both kinds, so a longer
+            # message may show the secret's own quote escaped where repr(secret) did not.
+            forms.add(quoted.replace("'", "\\'"))
+            forms.add(quoted.replace('"', '\\"'))
+    return {f for f in forms if len(f) >= _MIN_SECRET_LENGTH}
+
+
 def register_secret(value: str) -> None:
-    """Never let `value` (or its URL-encoded/decoded forms) appear in a log line."""
+    """Never let `value`, in any of its encoded or quoted forms, appear in a log line or in
+    text passed through redact()."""
+    global _ordered_secrets
     value = value.strip()
     if len(value) < _MIN_SECRET_LENGTH:
         return
-    # X bearer tokens are often stored URL-encoded ("%3D"), and may be logged either way.
-    forms = {value, urllib.parse.quote(value, safe=""), urllib.parse.unquote(value)}
+    forms = _secret_forms(value)
+    # A multi-line value (refused as a token, but registered before it is checked) may be
+    # quoted one line at a time.
+    for line in value.splitlines():
+        line = line.strip()
+        if len(line) >= _MIN_SECRET_LENGTH and line != value:
+            forms |= _secret_forms(line)
     with _secrets_lock:
-        _secrets.update(f for f in forms if len(f) >= _MIN_SECRET_LENGTH)
+        _secrets.update(forms)
+        # Longest first, so a form containing another is replaced whole. A tuple swapped in
+        # whole, so redact() in another thread never iterates a set being changed.
+        _ordered_secrets = tuple(sorted(_secrets, key=len, reverse=True))
 
 
 def clear_secrets() -> None:
     """Forget registered secrets (tests)."""
+    global _ordered_secrets
     with _secrets_lock:
         _secrets.clear()
+        _ordered_secrets = ()
 
 
 def redact(text: str) -> str:
-    """`text` with every registered secret replaced by '***'."""
-    # Longest first, so a secret containing another is replaced whole.
-    for secret in sorted(_secrets, key=len, reverse=True):
+    """`text` with every registered secret, in every form, replaced by '***'."""
+    for secret in _ordered_secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text
@@ -139,6 +187,92 @@ def _key_order(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     return {**head, **event_dict}
 
 
+# Repeats of one line (same event, level, logger and fields) are let through once per this.
+THROTTLE_INTERVAL_S = 10.0
+# Events that record a change of state or a step in the daemon's life. Each is a new fact even
+# when it reads exactly like an earlier one (kafka.unavailable, kafka.recovered, then
+# kafka.unavailable again), and alerts and tests count them: never throttled.
+_NEVER_THROTTLED_PREFIXES = (
+    "daemon.", "config.", "stream.", "rules.", "ha.", "connections.", "recovery.",
+)
+_NEVER_THROTTLED = frozenset({
+    "kafka.unavailable", "kafka.recovered", "spool.full", "spool.room", "http.listening",
+})
+# Distinct lines remembered. Beyond this the ones let through longest ago are forgotten: the
+# next repeat of such a line goes out (its count of dropped repeats is lost).
+_THROTTLE_MAX_KEYS = 1024
+
+
+class _Seen:
+    __slots__ = ("at", "dropped")
+
+    def __init__(self, at: float) -> None:
+        self.at = at  # when this line was last let through (throttle clock)
+        self.dropped = 0  # repeats dropped since
+
+
+class LogThrottle:
+    """structlog processor: drop an exact repeat of a recent line, and count it.
+
+    A line goes out unless one with the same event, level, logger and fields (everything but
+    the timestamp) went out in the last `interval` seconds; a repeat inside the interval is
+    dropped and counted, and the next one let through carries `suppressed=N`. A line that
+    differs in any field is a different fact and always goes out: only repeats are dropped.
+    Something failing in a loop (Kafka down, a client sending garbage to the ops port) writes
+    one line per interval instead of filling the disk. `clock` is injectable for tests.
+    """
+
+    def __init__(
+        self, interval: float = THROTTLE_INTERVAL_S, clock: Callable[[], float] = time.monotonic,
+        max_keys: int = _THROTTLE_MAX_KEYS,
+    ) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._max_keys = max_keys
+        # Lines let through, least recently first. stdlib records may come from any thread.
+        self._seen: collections.OrderedDict[bytes, _Seen] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        event = event_dict.get("event")
+        if isinstance(event, str) and (
+            event in _NEVER_THROTTLED or event.startswith(_NEVER_THROTTLED_PREFIXES)
+        ):
+            return event_dict
+        try:
+            rendered = orjson.dumps(
+                {k: v for k, v in event_dict.items() if k != "ts"},
+                default=repr, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
+            )
+        except TypeError:  # not serialisable as a key (an int beyond 64 bits ...): let it out
+            return event_dict
+        # A digest, so remembering a line with a long traceback costs 16 bytes, not its text.
+        key = hashlib.blake2b(rendered, digest_size=16).digest()
+        now = self._clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen.at < self._interval:
+                seen.dropped += 1
+                raise structlog.DropEvent
+            dropped = seen.dropped if seen is not None else 0
+            self._seen[key] = _Seen(now)
+            self._seen.move_to_end(key)
+            while len(self._seen) > self._max_keys:
+                self._seen.popitem(last=False)
+        if dropped:
+            event_dict["suppressed"] = dropped
+        return event_dict
+
+
+class _StreamHandler(logging.StreamHandler[TextIO]):
+    """A StreamHandler whose formatter may drop a record (the throttle raises DropEvent,
+    which logging itself would let escape into the caller)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(structlog.DropEvent):
+            super().emit(record)
+
+
 def _json_dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode("utf-8")
 
@@ -164,10 +298,14 @@ def _renderer(fmt: str, stream: TextIO) -> Processor:
     raise ValueError(f"unknown log format {fmt!r} (json|console)")
 
 
-def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "info", fmt: str = "json", stream: TextIO | None = None,
+    *, throttle: LogThrottle | None = None,
+) -> None:
     """Configure structlog and the stdlib root logger to write to `stream` (stderr).
 
-    Safe to call again (tests, SIGHUP): the previous handler is replaced.
+    Safe to call again (tests, SIGHUP): the previous handler is replaced. `throttle` (a new
+    LogThrottle by default) is shared by structlog's and stdlib's lines.
     """
     global _handler, _current_level
     numeric = _LEVELS.get(level.lower())
@@ -176,9 +314,12 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
     out = sys.stderr if stream is None else stream
     renderer = _renderer(fmt, out)
     shared = _shared_processors()
+    throttle = LogThrottle() if throttle is None else throttle
 
     structlog.configure(
-        processors=[*shared, _logger_name, redact_secrets, _key_order, renderer],
+        # The throttle after the logger name (part of a line's identity), before the
+        # redaction (a dropped repeat need not be scrubbed).
+        processors=[*shared, _logger_name, throttle, redact_secrets, _key_order, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=_NamedPrintLoggerFactory(out),
         # Not cached: module-level loggers created before configuration (and tests that
@@ -190,12 +331,13 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
         foreign_pre_chain=[*shared, _stdlib_fields],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            throttle,
             redact_secrets,
             _key_order,
             renderer,
         ],
     )
-    handler = logging.StreamHandler(out)
+    handler = _StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     if _handler is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from rig import DaemonProcess, daemon_config, metric, read_topic
+from rig import DaemonProcess, daemon_config, metric, read_topic, wait_until
 
 from streamd.broker import LocalBroker
 from streamd.simulator import Fault, Simulator, SimulatorConfig
@@ -37,7 +37,7 @@ def test_a_tweet_too_large_for_kafka_is_dead_lettered_without_a_flap(
                                      kafka={"max_request_size": limit}))
         d.wait_event("stream.connected")
         port = d.port
-        d.wait_event("kafka.recovered", timeout=20)
+        wait_until(lambda: metric(port, "streamd_kafka_available") == 1, 20, "Kafka available")
         assert sim.wait_sent(200, timeout=20)
         sim.inject(Fault.raw([big]))
         samples = []

@@ -104,6 +104,33 @@ def test_secrets_are_scrubbed_everywhere(stream: io.StringIO) -> None:
     assert len(lines(stream)) == 3
 
 
+def test_quoted_forms_are_scrubbed_too(stream: io.StringIO) -> None:
+    """An exception message quotes a secret the way repr() does: httpx refuses a header
+    with a newline in it as "Illegal header value b'Bearer ...\\n...'"."""
+    secret = "AAAAquoted-secret\nsecond\x00line'\\x"
+    register_secret(secret)
+    header = f"Bearer {secret}".encode()
+    texts = [
+        f"LocalProtocolError: Illegal header value {header!r}",
+        f"ValueError({secret!r})",
+        f"{secret!a}",
+        json.dumps({"h": secret}),
+        f"both quotes {(secret + chr(34))!r}",  # repr() then escapes the secret's quote
+    ]
+    for text in texts:
+        scrubbed = redact(text)
+        assert "AAAAquoted" not in scrubbed, (text, scrubbed)
+        assert "***" in scrubbed
+    get_logger().error("daemon.fatal", detail=texts[0], exc=ValueError(texts[0]))
+    assert "AAAAquoted" not in stream.getvalue()
+
+
+def test_each_line_of_a_multi_line_secret_is_scrubbed() -> None:
+    register_secret("first-line-secret\nsecond-line-secret")
+    assert redact("got second-line-secret") == "got ***"
+    clear_secrets()
+
+
 def test_short_strings_are_not_registered() -> None:
     register_secret("ab")
     register_secret("   ")
