@@ -16,10 +16,11 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from streamd import __version__
-from streamd.config import Settings, load_settings
+from streamd.config import MissingSecretError, Settings, load_settings
 from streamd.errors import ConfigError, StreamdError
 from streamd.logs import configure_logging, current_level, get_logger, redact, register_secret
 from streamd.reasons import ExitCode
+from streamd.terminal import printable, printable_lines
 
 PROG = "streamd"
 # Commands that take the rest of the command line unparsed and own their options.
@@ -78,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"{PROG}: {redact(message)}", file=sys.stderr)
+    # The message may quote a server or a library (an exception's text): no secret, and no
+    # control character a terminal would obey.
+    print(f"{PROG}: {printable(redact(message))}", file=sys.stderr)
     return code
 
 
@@ -87,13 +90,21 @@ def _load(config: str | None, *, changes_rules: bool = True) -> Settings:
     # X cannot undo: refused by every command that may apply a sync, not by list/diff.
     settings = load_settings(config, refuse_empty_sync=changes_rules)
     configure_logging(settings.log.level, settings.log.format)
-    # Defence in depth: whatever later code logs, these values never reach the output.
+    # Defence in depth: whatever later code logs, these values never reach the output. The
+    # inline values first, as written: registered even if the checks below refuse them.
     for secret in (settings.x.bearer_token, settings.kafka.sasl_password):
         if secret is not None:
             register_secret(secret.get_secret_value())
-    # A missing token is the command's to report (check lists it as a failed check).
-    with contextlib.suppress(ConfigError):
+    # Read and check the secrets now, so a bad token file (two lines, a NUL, a BOM, the
+    # token pasted as the path) stops every command with exit 78 before any request could
+    # quote it. Only a missing token is the command's to report (check lists it as a
+    # failed check; the daemon exits 78 on it).
+    with contextlib.suppress(MissingSecretError):
         register_secret(settings.x.resolve_bearer_token())
+    with contextlib.suppress(MissingSecretError):
+        password = settings.kafka.resolve_sasl_password()
+        if password is not None:
+            register_secret(password)
     log = get_logger("streamd.cli")
     for warning in settings.warnings():
         log.warning("config.warning", message=warning)
@@ -158,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             return ExitCode.OK
         if isinstance(exc.code, int):
             return exc.code
-        print(redact(str(exc.code)), file=sys.stderr)
+        print(printable(redact(str(exc.code))), file=sys.stderr)
         return ExitCode.INTERNAL
     except ConfigError as exc:
         return _fail(f"config error: {exc}", exc.exit_code)
@@ -168,5 +179,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         if current_level() == "debug":
-            print(redact(traceback.format_exc()), file=sys.stderr, end="")
+            print(printable_lines(redact(traceback.format_exc())), file=sys.stderr, end="")
         return _fail(f"internal error: {type(exc).__name__}: {exc}", ExitCode.INTERNAL)

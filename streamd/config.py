@@ -8,13 +8,17 @@ models themselves are plain, frozen pydantic models so tests can build them from
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+import stat
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -34,6 +38,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from streamd.errors import ConfigError
+from streamd.terminal import printable
 
 DEFAULT_CONFIG_PATH = "/etc/streamd/streamd.toml"
 CONFIG_PATH_ENV = "STREAMD_CONFIG"
@@ -41,8 +46,14 @@ ENV_PREFIX = "STREAMD_"
 BEARER_TOKEN_CREDENTIAL = "x_bearer_token"
 SASL_PASSWORD_CREDENTIAL = "kafka_sasl_password"
 
-# Field names whose values must never be echoed in an error message.
-_SECRET_KEYS = frozenset({"bearer_token", "sasl_password"})
+# Field names whose values must never be echoed in an error message: the secrets, the paths
+# of secret files (a token pasted into bearer_token_file would be echoed back), and the API
+# URL (it may carry user:password@).
+_SECRET_KEYS = frozenset(
+    {"bearer_token", "sasl_password", "bearer_token_file", "sasl_password_file", "api_url"}
+)
+# (section, key) of the values that are secrets when written in the config file itself.
+_INLINE_SECRETS = (("x", "bearer_token"), ("kafka", "sasl_password"))
 
 # --- X API field/expansion enums (x-filtered-stream.md §1.2, OpenAPI v2.166) -------------
 
@@ -121,16 +132,97 @@ def _acks(value: Any) -> Any:
     return value
 
 
-def _read_secret_file(path: Path, key: str) -> str:
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(key, f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(key, f"{str(path)!r} is not UTF-8 text") from None
+# The most a secret file may hold. A bearer token is about 110 characters; the cap keeps a
+# wrong path (a log file, /dev/zero) from being read whole into memory and into a header.
+MAX_SECRET_BYTES = 16_384
+_BOM = "\ufeff"
+
+
+@dataclass(frozen=True)
+class _SecretKind:
+    """What a secret may hold, and how the error names it."""
+
+    noun: str  # "a bearer token"
+    ascii_only: bool  # True: printable ASCII without spaces (an HTTP header token)
+
+
+_TOKEN = _SecretKind("a bearer token", ascii_only=True)
+_PASSWORD = _SecretKind("a SASL password", ascii_only=False)
+
+
+def _char_problem(text: str, kind: _SecretKind) -> str | None:
+    """The first character `kind` may not hold, described without showing the value: the
+    position and, for a control character (never part of a real secret), its code."""
+    for index, char in enumerate(text, start=1):
+        code = ord(char)
+        if code < 0x20 or 0x7F <= code < 0xA0:
+            return f"a control character (0x{code:02x}) at character {index}"
+        if char == _BOM:
+            return f"a byte-order mark (U+FEFF) at character {index}"
+        if kind.ascii_only and char == " ":
+            return f"a space at character {index}"
+        if kind.ascii_only and code > 0x7E:
+            return f"a non-ASCII character at character {index}"
+        if printable(char) != char:
+            # Bidi controls and line separators: never part of a password, and shown as
+            # escapes everywhere else (streamd.terminal).
+            return f"a control character (U+{code:04X}) at character {index}"
+    return None
+
+
+def _check_secret(raw: str, kind: _SecretKind, where: str) -> str:
+    """The secret in `raw` (one line; one trailing newline and surrounding spaces are
+    dropped), else ValueError naming what is wrong in `where`'s words, never the value.
+
+    A token with a second line or a stray byte would go out in the Authorization header,
+    where httpx refuses it with an error that quotes the header: so it is refused here,
+    before any request, with a message that does not."""
+    if raw.startswith(_BOM):
+        raise ValueError(
+            f"{where} starts with a byte-order mark (BOM); save it as plain UTF-8 without one"
+        )
+    value = raw.removesuffix("\n").removesuffix("\r").strip(" ")
+    lines = value.replace("\r\n", "\n").replace("\r", "\n").count("\n") + 1
+    if lines > 1:
+        raise ValueError(f"{where} holds {lines} lines; {kind.noun} is one line")
     if not value:
-        raise ConfigError(key, f"{str(path)!r} is empty")
+        raise ValueError(f"{where} is empty")
+    problem = _char_problem(value, kind)
+    if problem is not None:
+        allowed = (
+            "printable ASCII without spaces" if kind.ascii_only
+            else "text without control characters"
+        )
+        raise ValueError(f"{where} holds {problem}; {kind.noun} is {allowed}")
     return value
+
+
+def _read_secret_file(path: Path, key: str, kind: _SecretKind, where: str) -> str:
+    # The path is never shown: a secret pasted into the *_file key would be echoed back.
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            key, f"cannot read {where}: {why} (the path is not shown: it may be a secret)"
+        ) from None
+    if len(raw) > MAX_SECRET_BYTES:
+        raise ConfigError(
+            key, f"{where} holds more than {MAX_SECRET_BYTES} bytes; {kind.noun} is one short "
+            "line: is the path right?"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            key, f"{where} is not UTF-8 text (byte {exc.start + 1}); {kind.noun} is "
+            + ("printable ASCII" if kind.ascii_only else "UTF-8 text")
+        ) from None
+    try:
+        return _check_secret(text, kind, where)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
 
 
 def _resolve_secret(
@@ -139,24 +231,38 @@ def _resolve_secret(
     credential: str,
     environ: Mapping[str, str] | None,
     *,
+    kind: _SecretKind,
     inline_key: str,
     file_key: str,
 ) -> str | None:
-    """inline value, else the file, else $CREDENTIALS_DIRECTORY/<credential>, else None."""
+    """inline value, else the file, else $CREDENTIALS_DIRECTORY/<credential>, else None.
+    Whichever it is must hold one clean line (see _check_secret)."""
     if inline is not None:
-        value = inline.get_secret_value().strip()
-        if not value:
-            raise ConfigError(inline_key, "is empty")
-        return value
+        env_name = f"{ENV_PREFIX}{inline_key.replace('.', '__').upper()}"
+        try:
+            return _check_secret(
+                inline.get_secret_value(), kind, f"the value (inline, or ${env_name})"
+            )
+        except ValueError as exc:
+            raise ConfigError(inline_key, str(exc)) from None
     if file is not None:
-        return _read_secret_file(file, file_key)
+        return _read_secret_file(file, file_key, kind, "the file")
     env = os.environ if environ is None else environ
     creds_dir = env.get("CREDENTIALS_DIRECTORY")
     if creds_dir:
         candidate = Path(creds_dir) / credential
         if candidate.exists():
-            return _read_secret_file(candidate, file_key)
+            return _read_secret_file(
+                candidate, inline_key, kind,
+                f"the systemd credential $CREDENTIALS_DIRECTORY/{credential}",
+            )
     return None
+
+
+class MissingSecretError(ConfigError):
+    """No source configured for a required secret. A command may report this itself
+    (`check` shows it as a failed check); a secret that is configured but unusable is a
+    plain ConfigError, and every command exits 78 on it."""
 
 
 class _Section(BaseModel):
@@ -168,7 +274,20 @@ class _Section(BaseModel):
 # --- sections ----------------------------------------------------------------------------
 
 
+def _is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: a connection that never leaves this machine."""
+    host = host.lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class XSettings(_Section):
+    # Declared before api_url, whose validator reads it.
+    allow_insecure: bool = False
     api_url: str = "https://api.x.com"
     bearer_token: SecretStr | None = None
     bearer_token_file: Path | None = None
@@ -195,24 +314,39 @@ class XSettings(_Section):
 
     @field_validator("api_url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
+    def _check_url(cls, value: str, info: ValidationInfo) -> str:
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
+        url = urllib.parse.urlsplit(value)
+        # Every request carries the bearer token: over plain http it crosses the network in
+        # clear text. A typo ("http://api.x.com") must not do that silently; loopback (the
+        # simulator, a local proxy) never leaves the machine.
+        if url.scheme.lower() == "http" and not info.data.get("allow_insecure", False):
+            host = url.hostname or ""
+            if not _is_loopback(host):
+                raise ValueError(
+                    f"http:// to {host} would send the bearer token in clear text: use "
+                    "https://, or a loopback host (localhost, 127.0.0.1, [::1]), or set "
+                    "x.allow_insecure = true if the network in between is trusted"
+                )
         return value.rstrip("/")
 
     def resolve_bearer_token(self, environ: Mapping[str, str] | None = None) -> str:
         """The app-only bearer token: bearer_token, else bearer_token_file, else the systemd
-        credential $CREDENTIALS_DIRECTORY/x_bearer_token. Whitespace is stripped."""
+        credential $CREDENTIALS_DIRECTORY/x_bearer_token. It must be one line of printable
+        ASCII (a trailing newline and surrounding spaces are dropped); anything else is a
+        ConfigError naming the key and the problem, never the value."""
         token = _resolve_secret(
             self.bearer_token,
             self.bearer_token_file,
             BEARER_TOKEN_CREDENTIAL,
             environ,
+            kind=_TOKEN,
             inline_key="x.bearer_token",
             file_key="x.bearer_token_file",
         )
         if token is None:
-            raise ConfigError(
+            raise MissingSecretError(
                 "x.bearer_token",
                 "no bearer token: set x.bearer_token (env STREAMD_X__BEARER_TOKEN), "
                 "x.bearer_token_file, or provide $CREDENTIALS_DIRECTORY/x_bearer_token "
@@ -380,11 +514,12 @@ class KafkaSettings(_Section):
             self.sasl_password_file,
             SASL_PASSWORD_CREDENTIAL,
             environ,
+            kind=_PASSWORD,
             inline_key="kafka.sasl_password",
             file_key="kafka.sasl_password_file",
         )
         if password is None:
-            raise ConfigError(
+            raise MissingSecretError(
                 "kafka.sasl_password",
                 "no SASL password: set kafka.sasl_password, kafka.sasl_password_file, or "
                 "provide $CREDENTIALS_DIRECTORY/kafka_sasl_password "
@@ -471,6 +606,34 @@ class LogSettings(_Section):
     format: Annotated[Literal["json", "console"], BeforeValidator(_lower)] = "json"
 
 
+def _readable_by_others(path: Path, why: str) -> list[str]:
+    """The warning for `path` when a secret file is readable beyond its owner, else none.
+
+    The mode is the target's: a Kubernetes Secret volume's files are symlinks into its
+    `..data` directory. Group read is accepted when the group is this process's own: that
+    is how a service account shares a root-owned file (root:streamd 0640), and what
+    Kubernetes makes of a Secret's `defaultMode: 0400` when the pod sets `fsGroup` (0440,
+    group = fsGroup = the pod's group)."""
+    try:
+        info = path.stat()
+    except OSError:
+        # Unreadable or absent: resolving the secret reports that, without the path (which
+        # could then be a secret pasted into the wrong key).
+        return []
+    if not stat.S_ISREG(info.st_mode):
+        return []
+    others = bool(info.st_mode & stat.S_IROTH)
+    group = bool(info.st_mode & stat.S_IRGRP) and info.st_gid != os.getegid()
+    if not (others or group):
+        return []
+    who = "other users" if others else "its group"
+    mode = stat.S_IMODE(info.st_mode)
+    return [
+        f"{path} is readable by {who} (mode {mode:04o}) and {why}: run `chmod 600 {path}` "
+        "(keeping it owned by the user streamd runs as)"
+    ]
+
+
 class Settings(_Section):
     x: XSettings = Field(default_factory=XSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
@@ -482,6 +645,8 @@ class Settings(_Section):
     log: LogSettings = Field(default_factory=LogSettings)
 
     _source_path: Path | None = PrivateAttr(default=None)
+    # The secrets written in the config file itself (not set from the environment).
+    _secrets_in_file: tuple[str, ...] = PrivateAttr(default=())
 
     @model_validator(mode="before")
     @classmethod
@@ -560,6 +725,35 @@ class Settings(_Section):
             found.append("kafka SASL credentials travel unencrypted (SASL_PLAINTEXT)")
         if self.rules.mode != "off" and not self._has_rules():
             found.append(self._no_rules_warning())
+        insecure = self._insecure_host()
+        if insecure is not None:
+            found.append(
+                f"x.allow_insecure = true: the bearer token goes to {insecure} over plain "
+                "http://, readable by anyone on the network in between"
+            )
+        found.extend(self._exposed_secret_warnings())
+        return found
+
+    def _insecure_host(self) -> str | None:
+        """The host an allowed http:// api_url sends the token to in clear text, if any."""
+        url = urllib.parse.urlsplit(self.x.api_url)
+        host = url.hostname or ""
+        if url.scheme.lower() == "http" and not _is_loopback(host):
+            return host
+        return None
+
+    def _exposed_secret_warnings(self) -> list[str]:
+        """A file holding a secret that other accounts on this machine can read."""
+        found: list[str] = []
+        if self._source_path is not None and self._secrets_in_file:
+            keys = " and ".join(self._secrets_in_file)
+            found.extend(_readable_by_others(self._source_path, f"it holds {keys}"))
+        for key, path in (
+            ("x.bearer_token_file", self.x.bearer_token_file),
+            ("kafka.sasl_password_file", self.kafka.sasl_password_file),
+        ):
+            if path is not None:
+                found.extend(_readable_by_others(path, f"it is {key}"))
         return found
 
     def _no_rules_warning(self) -> str:
@@ -746,9 +940,14 @@ def load_settings(
     env = os.environ if environ is None else environ
     source = config_path(path, env)
     data = _read_toml(source, key="")
+    in_file = tuple(
+        f"{section}.{key}" for section, key in _INLINE_SECRETS
+        if isinstance(data.get(section), dict) and data[section].get(key) is not None
+    )
     _apply_env(data, env)
     settings = validate_settings(data)
     settings._source_path = source.absolute()
+    settings._secrets_in_file = in_file
     # Catch a bad rules file at start-up (and on SIGHUP re-read), not at first sync.
     rules = settings.resolved_rules()
     if refuse_empty_sync:

@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  simulator  {sim.url}   broker {broker.bootstrap}   topic {TOPIC}", flush=True)
         metrics_port = free_port()
         config = state / "streamd.toml"
+        # It holds the demo's (inline) token: owner-only before anything is written.
+        config.touch(mode=0o600)
+        config.chmod(0o600)
         config.write_text(_config(sim.url, broker.bootstrap, metrics_port, state))
         log_file = open(state / "streamd.log", "wb")  # noqa: SIM115 - closed with the process
         daemon = subprocess.Popen(

@@ -20,7 +20,7 @@ import orjson
 
 from streamd.config import RuleSpec, Settings
 from streamd.errors import StreamdError
-from streamd.logs import get_logger
+from streamd.logs import get_logger, redact
 from streamd.metrics import Metrics
 from streamd.reasons import ExitCode
 from streamd.rules import (
@@ -33,6 +33,7 @@ from streamd.rules import (
     sync_rules,
 )
 from streamd.stream import make_client
+from streamd.terminal import json_printable, printable, printable_lines
 
 DIFF_EXIT = 1
 
@@ -50,26 +51,33 @@ def _rule_json(rule: RuleSpec | ServerRule) -> dict[str, Any]:
     return out
 
 
+# Rule values, tags and ids come from X (or from whoever else edits the App's rules): every
+# one is printed through terminal.printable, so a control character in them is shown as an
+# escape and never acts on the terminal (clear the screen, rewrite a line, reorder text).
+
+
 def _tag_suffix(tag: str | None) -> str:
-    return f"  (tag: {tag})" if tag is not None else ""
+    return f"  (tag: {printable(tag)})" if tag is not None else ""
 
 
 def _added_line(rule: RuleSpec) -> str:
-    return f"+ {rule.value}{_tag_suffix(rule.tag)}"
+    return f"+ {printable(rule.value)}{_tag_suffix(rule.tag)}"
 
 
 def _deleted_line(rule: ServerRule) -> str:
-    return f"- {rule.value}{_tag_suffix(rule.tag)}  [id {rule.id}]"
+    return f"- {printable(rule.value)}{_tag_suffix(rule.tag)}  [id {printable(rule.id)}]"
 
 
 def _print_json(data: Any, out: TextIO) -> None:
-    out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    # orjson escapes C0 controls; C1 and bidi characters it writes raw.
+    out.write(json_printable(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()) + "\n")
 
 
 def format_table(rules: list[ServerRule]) -> str:
-    """id, tag, value columns; the value last so long values do not break alignment."""
+    """id, tag, value columns; the value last so long values do not break alignment.
+    Escaped before the widths are measured, so the columns line up as printed."""
     header = ("ID", "TAG", "VALUE")
-    rows = [(r.id, r.tag or "-", r.value) for r in rules]
+    rows = [(printable(r.id), printable(r.tag or "-"), printable(r.value)) for r in rules]
     id_width = max(len(header[0]), *(len(r[0]) for r in rows)) if rows else len(header[0])
     tag_width = max(len(header[1]), *(len(r[1]) for r in rows)) if rows else len(header[1])
     lines = [f"{a:<{id_width}}  {b:<{tag_width}}  {c}" for a, b, c in (header, *rows)]
@@ -103,8 +111,8 @@ def _diff(plan: RulesPlan, as_json: bool, out: TextIO) -> int:
         for server_rule in plan.to_delete:
             out.write(_deleted_line(server_rule) + "\n")
         for conflict in plan.conflicts:
-            out.write(f"! {conflict.value}{_tag_suffix(conflict.tag)}  [id {conflict.id}] "
-                      "kept: mode 'add' cannot change its tag\n")
+            out.write(f"! {printable(conflict.value)}{_tag_suffix(conflict.tag)}  "
+                      f"[id {printable(conflict.id)}] kept: mode 'add' cannot change its tag\n")
         state = "in sync" if plan.in_sync else "not in sync"
         out.write(
             f"{state}: {len(plan.to_add)} to add, {len(plan.to_delete)} to delete, "
@@ -142,20 +150,24 @@ def _sync_report(result: SyncResult, as_json: bool, out: TextIO) -> int:
 
 
 def _report_failure(exc: StreamdError, as_json: bool, out: TextIO, err: TextIO) -> int:
+    # The message may quote X or a library (httpx quotes a refused header whole): secrets
+    # scrubbed, and on the terminal every control character escaped.
+    message = redact(str(exc))
     if as_json:
-        data: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+        data: dict[str, Any] = {"error": type(exc).__name__, "message": message}
         if isinstance(exc, RulesSyncError):
             data.update(
                 reason=exc.reason,
-                summary=exc.summary,
+                summary=redact(exc.summary),
                 applied=exc.applied,
                 invalid=[
-                    {"value": r.value, "tag": r.tag, "details": list(r.details)}
+                    {"value": r.value, "tag": r.tag,
+                     "details": [redact(d) for d in r.details]}
                     for r in exc.invalid
                 ],
             )
         _print_json(data, out)
-    err.write(f"streamd rules: {exc}\n")
+    err.write(f"streamd rules: {printable_lines(message)}\n")
     return int(exc.exit_code)
 
 

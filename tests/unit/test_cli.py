@@ -225,3 +225,154 @@ def test_empty_sync_is_refused_only_by_commands_that_apply_rules(
     assert main(["rules", "diff", "-c", str(path)]) == 0
     assert ran == ["list", "diff"]
     assert TOKEN not in capsys.readouterr().err
+
+
+# --- secrets are checked at load: every command stops with 78, the value never shown -------
+
+MARKER = "AAAAh18cli%2FMarker%3D"
+
+
+def _token_file_config(tmp_path: Path, token_file: str) -> Path:
+    path = tmp_path / "tf.toml"
+    path.write_text(f'[x]\nbearer_token_file = "{token_file}"\n[[rules.rule]]\nvalue = "c"\n')
+    path.chmod(0o600)
+    return path
+
+
+def _fake_commands(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    ran: list[str] = []
+    fake_module(monkeypatch, "streamd.daemon", run_daemon=lambda s: ran.append("run") or 0)
+    fake_module(monkeypatch, "streamd.check",
+                check_command=lambda s, as_json: ran.append("check") or 0)
+    fake_module(monkeypatch, "streamd.rules_cli",
+                rules_command=lambda s, action, dry_run, as_json: ran.append(action) or 0)
+    return ran
+
+
+COMMANDS = (["run"], ["check"], ["check", "--json"], ["rules", "list"], ["rules", "diff"],
+            ["rules", "sync", "--dry-run"])
+
+
+@pytest.mark.parametrize("argv", COMMANDS)
+def test_a_two_line_token_file_stops_every_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+) -> None:
+    ran = _fake_commands(monkeypatch)
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{MARKER}\nsecond-line\n")
+    token_file.chmod(0o600)
+    assert main([*argv, "-c", str(_token_file_config(tmp_path, str(token_file)))]) == 78
+    out = capsys.readouterr()
+    assert out.err.splitlines()[-1] == (
+        "streamd: config error: config key 'x.bearer_token_file': the file holds 2 lines; "
+        "a bearer token is one line"
+    )
+    assert MARKER not in out.err + out.out
+    assert "second-line" not in out.err + out.out
+    assert ran == []  # stopped before any request
+
+
+@pytest.mark.parametrize("argv", [["run"], ["rules", "list"], ["check"]])
+def test_token_pasted_as_the_file_path_is_never_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+) -> None:
+    ran = _fake_commands(monkeypatch)
+    in_file = _token_file_config(tmp_path, MARKER)
+    in_env = tmp_path / "plain.toml"
+    in_env.write_text('[[rules.rule]]\nvalue = "c"\n')
+    for config, env in ((in_file, None), (in_env, MARKER)):
+        if env is not None:
+            monkeypatch.setenv("STREAMD_X__BEARER_TOKEN_FILE", env)
+        assert main([*argv, "-c", str(config)]) == 78
+        out = capsys.readouterr()
+        assert "config key 'x.bearer_token_file': cannot read the file" in out.err
+        for form in (MARKER, "AAAAh18cli/Marker=", "h18cli"):
+            assert form not in out.err + out.out
+    assert ran == []
+
+
+def test_a_missing_token_is_still_the_commands_to_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = _fake_commands(monkeypatch)
+    path = tmp_path / "none.toml"
+    path.write_text('[[rules.rule]]\nvalue = "c"\n')
+    assert main(["check", "-c", str(path)]) == 0
+    assert ran == ["check"]
+
+
+def test_a_bad_sasl_password_file_stops_with_78(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ran = _fake_commands(monkeypatch)
+    pw = tmp_path / "pw"
+    pw.write_text(f"{MARKER}\x00\n")
+    path = tmp_path / "sasl.toml"
+    path.write_text(
+        f'[x]\nbearer_token = "{TOKEN}"\n[kafka]\nsecurity_protocol = "SASL_SSL"\n'
+        f'sasl_mechanism = "PLAIN"\nsasl_username = "u"\nsasl_password_file = "{pw}"\n'
+        '[[rules.rule]]\nvalue = "c"\n'
+    )
+    assert main(["run", "-c", str(path)]) == 78
+    out = capsys.readouterr()
+    assert "config key 'kafka.sasl_password_file': the file holds a control character" in out.err
+    assert MARKER not in out.err + out.out
+    assert TOKEN not in out.err + out.out
+    assert ran == []
+
+
+def test_plain_http_to_a_remote_api_url_stops_with_78(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ran = _fake_commands(monkeypatch)
+    path = tmp_path / "http.toml"
+    path.write_text(f'[x]\napi_url = "http://api.x.com"\nbearer_token = "{TOKEN}"\n'
+                    '[[rules.rule]]\nvalue = "c"\n')
+    assert main(["check", "-c", str(path)]) == 78
+    err = capsys.readouterr().err
+    assert "config key 'x.api_url'" in err
+    assert "x.allow_insecure = true" in err
+    assert TOKEN not in err
+    monkeypatch.setenv("STREAMD_X__ALLOW_INSECURE", "true")
+    assert main(["check", "-c", str(path)]) == 0
+    assert ran == ["check"]
+
+
+def test_readable_config_with_inline_token_logs_a_warning(
+    config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fake_commands(monkeypatch)
+    config.chmod(0o644)
+    assert main(["check", "-c", str(config)]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if '"event":"config.warning"' in line]
+    assert any(f"chmod 600 {config}" in line for line in warnings)
+    assert TOKEN not in err
+    config.chmod(0o600)
+    assert main(["check", "-c", str(config)]) == 0
+    assert f"chmod 600 {config}" not in capsys.readouterr().err
+
+
+def test_error_text_is_shown_not_obeyed_by_the_terminal(
+    config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refuse(settings: Any) -> int:
+        raise CredentialsError("X said: \x1b[2J\r[ OK ] all good\u202e")
+
+    fake_module(monkeypatch, "streamd.daemon", run_daemon=refuse)
+    assert main(["run", "-c", str(config)]) == 77
+    (line,) = capsys.readouterr().err.splitlines()[-1:]
+    assert line == "streamd: X said: \\x1b[2J\\r[ OK ] all good\\u202e"
+
+    def crash(settings: Any) -> int:
+        raise RuntimeError("bug \x1b]0;title\x07 here")
+
+    fake_module(monkeypatch, "streamd.daemon", run_daemon=crash)
+    monkeypatch.setenv("STREAMD_LOG__LEVEL", "debug")
+    assert main(["run", "-c", str(config)]) == 70
+    err = capsys.readouterr().err
+    assert "\x1b" not in err
+    assert "\x07" not in err
+    assert "Traceback" in err

@@ -354,6 +354,285 @@ def test_redacted_and_repr_hide_secrets() -> None:
     assert Settings.model_validate({}).redacted()["x"]["bearer_token"] is None
 
 
+# --- secrets: validated when read, never echoed -----------------------------------------
+
+MARKER = "AAAAh18MarkerTok3n%2FZZ"
+SASL = {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_username": "u"}
+
+
+def _token_error(settings: Settings, environ: dict[str, str] | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        settings.x.resolve_bearer_token(environ or {})
+    return info.value
+
+
+def _assert_silent(err: ConfigError, *values: str) -> None:
+    text = f"{err} {err!r} {err.problem}"
+    for value in (MARKER, *values):
+        assert value not in text
+    assert err.exit_code == ExitCode.CONFIG
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (f"{MARKER}\nsecond-line\n".encode(), "the file holds 2 lines; a bearer token is one line"),
+        (f"{MARKER}\n\n".encode(), "holds 2 lines"),
+        (f"{MARKER}\r\nmore".encode(), "holds 2 lines"),
+        (f"{MARKER}\x00".encode(), "a control character (0x00) at character 24"),
+        (f"{MARKER}\t\n".encode(), "a control character (0x09)"),
+        (f"\ufeff{MARKER}\n".encode(), "starts with a byte-order mark (BOM)"),
+        (f"{MARKER[:8]} {MARKER[8:]}\n".encode(), "a space at character 9"),
+        (f"{MARKER}\u00e9\n".encode(), "a non-ASCII character at character 24"),
+        (f"{MARKER}\u202e\n".encode(), "a non-ASCII character"),
+        (MARKER.encode() + b"\xff\xfe", "not UTF-8 text (byte 24)"),
+        (MARKER.encode() * 1000, "more than 16384 bytes"),
+        (b"", "the file is empty"),
+        (b" \n", "the file is empty"),
+    ],
+)
+def test_bad_token_file_names_key_and_problem_never_the_value(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    path = tmp_path / "x_token"
+    path.write_bytes(content)
+    err = _token_error(Settings.model_validate({"x": {"bearer_token_file": str(path)}}))
+    assert err.key == "x.bearer_token_file"
+    assert problem in err.problem
+    _assert_silent(err, str(path), MARKER[:8], MARKER[8:])
+
+
+@pytest.mark.parametrize("content", [f"{MARKER}", f"{MARKER}\n", f"{MARKER}\r\n", f"  {MARKER} \n"])
+def test_one_line_token_files_are_accepted(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "x_token"
+    path.write_text(content, encoding="utf-8", newline="")
+    settings = Settings.model_validate({"x": {"bearer_token_file": str(path)}})
+    assert settings.x.resolve_bearer_token({}) == MARKER
+
+
+def test_a_huge_file_is_refused(tmp_path: Path) -> None:
+    # A wrong path (a log, a disk image): refused after reading a bounded prefix. Sparse,
+    # so the test costs no disk; not /dev/zero, which would exhaust memory on a regression.
+    path = tmp_path / "huge"
+    with path.open("wb") as handle:
+        handle.truncate(64 * 1024 * 1024)
+    settings = Settings.model_validate({"x": {"bearer_token_file": str(path)}})
+    assert "more than 16384 bytes" in _token_error(settings).problem
+
+
+@pytest.mark.parametrize("via_env", [False, True])
+def test_token_pasted_as_the_file_path_is_not_echoed(tmp_path: Path, via_env: bool) -> None:
+    environ = {"STREAMD_X__BEARER_TOKEN_FILE": MARKER} if via_env else {}
+    text = RULE if via_env else f'[x]\nbearer_token_file = "{MARKER}"\n{RULE}'
+    settings = load_settings(write(tmp_path, text), environ)
+    err = _token_error(settings, environ)
+    assert err.key == "x.bearer_token_file"
+    assert "cannot read the file: No such file or directory" in err.problem
+    _assert_silent(err)
+    # Nor does a wrong type for the path key echo it.
+    err = error_of(tmp_path, f'[x]\nbearer_token_file = ["{MARKER}"]\n')
+    assert err.key == "x.bearer_token_file"
+    _assert_silent(err)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (f"{MARKER}\nsecond", "holds 2 lines"),
+        (f"{MARKER}\x00", "a control character (0x00)"),
+        (f"\ufeff{MARKER}", "byte-order mark"),
+        (f"{MARKER[:8]} {MARKER[8:]}", "a space at character 9"),
+        (f"{MARKER}\u00e9", "a non-ASCII character"),
+        ("   ", "is empty"),
+    ],
+)
+def test_bad_inline_or_env_token_names_the_key(
+    tmp_path: Path, value: str, problem: str
+) -> None:
+    environ = {"STREAMD_X__BEARER_TOKEN": value}
+    settings = load_settings(write(tmp_path, RULE), environ)
+    err = _token_error(settings)
+    assert err.key == "x.bearer_token"
+    assert problem in err.problem
+    assert "STREAMD_X__BEARER_TOKEN" in err.problem
+    _assert_silent(err, MARKER[:8], MARKER[8:])
+
+
+def test_bad_systemd_credential_is_named(tmp_path: Path) -> None:
+    (tmp_path / "x_bearer_token").write_text(f"{MARKER}\nsecond\n")
+    err = _token_error(Settings.model_validate({}), {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert err.key == "x.bearer_token"
+    assert "systemd credential $CREDENTIALS_DIRECTORY/x_bearer_token holds 2 lines" in err.problem
+    _assert_silent(err, str(tmp_path))
+
+
+def test_sasl_password_may_hold_spaces_and_unicode_but_one_clean_line(tmp_path: Path) -> None:
+    good = tmp_path / "pw"
+    good.write_text("correct horse ü battery\n", encoding="utf-8")
+    kafka = Settings.model_validate({"kafka": {**SASL, "sasl_password_file": str(good)}}).kafka
+    assert kafka.resolve_sasl_password({}) == "correct horse ü battery"
+    for content, problem in ((f"{MARKER}\nx", "holds 2 lines; a SASL password is one line"),
+                             (f"{MARKER}\x1b[2J", "a control character (0x1b)")):
+        bad = tmp_path / "bad_pw"
+        bad.write_text(content, encoding="utf-8")
+        kafka = Settings.model_validate({"kafka": {**SASL, "sasl_password_file": str(bad)}}).kafka
+        with pytest.raises(ConfigError) as info:
+            kafka.resolve_sasl_password({})
+        assert info.value.key == "kafka.sasl_password_file"
+        assert problem in info.value.problem
+        _assert_silent(info.value, str(bad))
+    pasted = Settings.model_validate({"kafka": {**SASL, "sasl_password_file": MARKER}}).kafka
+    with pytest.raises(ConfigError) as info:
+        pasted.resolve_sasl_password({})
+    assert info.value.key == "kafka.sasl_password_file"
+    _assert_silent(info.value)
+    inline = Settings.model_validate({"kafka": {**SASL, "sasl_password": f"{MARKER}\n2"}}).kafka
+    with pytest.raises(ConfigError) as info:
+        inline.resolve_sasl_password({})
+    assert info.value.key == "kafka.sasl_password"
+    assert "STREAMD_KAFKA__SASL_PASSWORD" in info.value.problem
+    _assert_silent(info.value)
+
+
+# --- clear text: http:// only to loopback unless x.allow_insecure ---------------------------
+
+
+@pytest.mark.parametrize(
+    "url", ["http://api.x.com", "http://10.0.0.5:8080", "http://[2001:db8::1]/",
+            "http://localhost.example.com", "http://127.0.0.1.nip.io"],
+)
+def test_plain_http_to_another_host_is_refused(tmp_path: Path, url: str) -> None:
+    err = error_of(tmp_path, f'[x]\napi_url = "{url}"\n{RULE}')
+    assert err.key == "x.api_url"
+    assert "clear text" in err.problem
+    assert "x.allow_insecure = true" in err.problem
+    assert err.exit_code == ExitCode.CONFIG
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080", "http://127.9.8.7", "http://localhost:1/",
+            "http://LOCALHOST", "http://[::1]:9000", "https://api.x.com", "https://10.0.0.5"],
+)
+def test_loopback_and_https_are_accepted(tmp_path: Path, url: str) -> None:
+    settings = load_settings(write(tmp_path, f'[x]\napi_url = "{url}"\n{RULE}'), {})
+    assert settings.x.api_url == url.rstrip("/")
+    assert settings.x.allow_insecure is False
+
+
+def test_allow_insecure_lets_plain_http_through(tmp_path: Path) -> None:
+    text = f'[x]\napi_url = "http://proxy.internal:8080"\nallow_insecure = true\n{RULE}'
+    assert load_settings(write(tmp_path, text), {}).x.api_url == "http://proxy.internal:8080"
+    from_env = load_settings(
+        write(tmp_path, RULE),
+        {"STREAMD_X__API_URL": "http://proxy.internal", "STREAMD_X__ALLOW_INSECURE": "true"},
+    )
+    assert from_env.x.allow_insecure is True
+    err = error_of(tmp_path, RULE, {"STREAMD_X__API_URL": "http://proxy.internal"})
+    assert err.key == "x.api_url"
+    # Allowed, but said at every start: the token crosses that network in clear text.
+    assert any("proxy.internal over plain http://" in w for w in from_env.warnings())
+    loopback = load_settings(write(tmp_path, RULE), {"STREAMD_X__API_URL": "http://[::1]:9"})
+    assert not any("http://" in w for w in loopback.warnings())
+
+
+def test_api_url_value_is_not_echoed(tmp_path: Path) -> None:
+    # It may carry credentials (user:password@); the key and the problem are enough.
+    err = error_of(tmp_path, f'[x]\napi_url = "ftp://u:{MARKER}@h"\n{RULE}')
+    assert err.key == "x.api_url"
+    _assert_silent(err)
+
+
+# --- secrets readable by other users: a warning naming the file and the chmod -------------
+
+
+def _warnings_about(settings: Settings, path: Path) -> list[str]:
+    return [w for w in settings.warnings() if str(path) in w]
+
+
+def test_config_file_with_an_inline_secret_readable_by_others_warns(tmp_path: Path) -> None:
+    path = write(tmp_path, f'[x]\nbearer_token = "{MARKER}"\n{RULE}')
+    path.chmod(0o644)
+    (warning,) = _warnings_about(load_settings(path, {}), path)
+    assert f"chmod 600 {path}" in warning
+    assert "mode 0644" in warning
+    assert "x.bearer_token" in warning
+    assert MARKER not in warning
+    path.chmod(0o600)
+    assert _warnings_about(load_settings(path, {}), path) == []
+
+
+def test_config_file_without_secrets_or_with_env_secret_does_not_warn(tmp_path: Path) -> None:
+    path = write(tmp_path, RULE)
+    path.chmod(0o644)
+    settings = load_settings(path, {"STREAMD_X__BEARER_TOKEN": MARKER})
+    assert _warnings_about(settings, path) == []
+
+
+def test_sasl_password_inline_in_the_config_file_warns(tmp_path: Path) -> None:
+    text = (f'[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_mechanism = "PLAIN"\n'
+            f'sasl_username = "u"\nsasl_password = "{MARKER}"\n{RULE}')
+    path = write(tmp_path, text)
+    path.chmod(0o604)
+    (warning,) = _warnings_about(load_settings(path, {}), path)
+    assert "kafka.sasl_password" in warning
+
+
+@pytest.mark.parametrize("key", ["bearer_token_file", "sasl_password_file"])
+def test_secret_file_readable_by_others_warns(tmp_path: Path, key: str) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(MARKER + "\n")
+    section = "x" if key == "bearer_token_file" else "kafka"
+    extra = SASL if section == "kafka" else {}
+    settings = Settings.model_validate({section: {key: str(secret), **extra}})
+    secret.chmod(0o644)
+    (warning,) = _warnings_about(settings, secret)
+    assert f"{section}.{key}" in warning
+    assert f"chmod 600 {secret}" in warning
+    assert MARKER not in warning
+    secret.chmod(0o600)
+    assert _warnings_about(settings, secret) == []
+    secret.chmod(0o400)
+    assert _warnings_about(settings, secret) == []
+
+
+def test_group_read_warns_unless_the_group_is_our_own(tmp_path: Path) -> None:
+    import os
+
+    secret = tmp_path / "secret"
+    secret.write_text(MARKER)
+    secret.chmod(0o440)
+    settings = Settings.model_validate({"x": {"bearer_token_file": str(secret)}})
+    os.chown(secret, -1, os.getegid())
+    assert _warnings_about(settings, secret) == []  # root:streamd 0640, k8s fsGroup 0440
+    if os.geteuid() != 0:
+        pytest.skip("changing the file's group to another needs root")
+    os.chown(secret, -1, os.getegid() + 4242)
+    (warning,) = _warnings_about(settings, secret)
+    assert "readable by its group" in warning
+
+
+def test_kubernetes_secret_layout_checks_the_symlink_target(tmp_path: Path) -> None:
+    # A Secret volume: token -> ..data/token, ..data -> ..2024_01_01_00_00_00.1/
+    stamp = tmp_path / "..2024_01_01_00_00_00.1"
+    stamp.mkdir()
+    (stamp / "token").write_text(MARKER)
+    (tmp_path / "..data").symlink_to(stamp.name)
+    link = tmp_path / "token"
+    link.symlink_to("..data/token")
+    settings = Settings.model_validate({"x": {"bearer_token_file": str(link)}})
+    (stamp / "token").chmod(0o644)  # the default Secret mode
+    (warning,) = _warnings_about(settings, link)
+    assert f"chmod 600 {link}" in warning
+    (stamp / "token").chmod(0o400)  # defaultMode: 0400
+    assert _warnings_about(settings, link) == []
+    assert settings.x.resolve_bearer_token({}) == MARKER
+
+
+def test_missing_secret_file_gives_no_warning_that_shows_its_path(tmp_path: Path) -> None:
+    settings = Settings.model_validate({"x": {"bearer_token_file": MARKER}})
+    assert not any(MARKER in w for w in settings.warnings())
+
+
 # --- rules ------------------------------------------------------------------------------
 
 
