@@ -39,10 +39,12 @@ import anyio
 import httpx
 import orjson
 
+from streamd.bounded import AnswerTooLarge, read_answer
 from streamd.classify import (
     Classification,
     classify_connect_response,
     classify_transport_error,
+    header_number,
 )
 from streamd.config import RuleSpec, Settings
 from streamd.errors import ConfigError, StreamdError
@@ -55,10 +57,10 @@ from streamd.rules import (
     RulesApi,
     ServerRule,
     check_locally,
-    header_number,
     plan_rules,
 )
 from streamd.stream import make_client
+from streamd.terminal import json_printable, printable
 
 FAILED_EXIT = 1  # at least one check failed ("exit 0 only if all pass")
 
@@ -479,12 +481,15 @@ def _rules_of(body: Mapping[str, Any]) -> list[ServerRule]:
 async def probe_x(settings: Settings, token: str) -> XProbe:
     """One GET of the rules (a second pass through RulesApi only past 1000 rules)."""
     async with make_client(settings, token) as client:
+        request = client.build_request(
+            "GET", RULES_PATH, params={"max_results": str(PAGE_SIZE)}, timeout=X_TIMEOUT)
         try:
-            response = await client.get(
-                RULES_PATH, params={"max_results": str(PAGE_SIZE)}, timeout=X_TIMEOUT
-            )
+            # Read with a cap (bounded.py), as the rules client does.
+            response = await read_answer(client, request, seconds=X_TIMEOUT)
         except httpx.HTTPError as exc:
             return XProbe(transport_error=classify_transport_error(exc).detail)
+        except AnswerTooLarge as exc:
+            return XProbe(transport_error=f"the rules answer was refused: {exc}")
         answer = XAnswer(
             response.status_code,
             {k.lower(): v for k, v in response.headers.items()},
@@ -661,7 +666,11 @@ def verdict_line(results: Sequence[CheckResult]) -> str:
 
 
 def render_text(results: Sequence[CheckResult]) -> str:
-    return "\n".join([*(r.line() for r in results), verdict_line(results)]) + "\n"
+    # A detail may quote X (a problem's title and detail) or a library's error text: one
+    # line each, with every control character escaped, so nothing X sends can clear the
+    # screen, rewrite a line or fake a verdict.
+    lines = [*(printable(r.line()) for r in results), verdict_line(results)]
+    return "\n".join(lines) + "\n"
 
 
 def render_json(results: Sequence[CheckResult]) -> str:
@@ -669,7 +678,9 @@ def render_json(results: Sequence[CheckResult]) -> str:
         "checks": [r.as_json() for r in results],
         "verdict": "pass" if passed(results) else "fail",
     }
-    return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
+    # orjson escapes C0 controls; C1 and bidi characters it writes raw, and a terminal
+    # showing the JSON would act on them.
+    return json_printable(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()) + "\n"
 
 
 def _scrub(text: str, token: str | None) -> str:

@@ -85,6 +85,7 @@ __all__ = [
     "classify_eof",
     "classify_stream_message",
     "classify_transport_error",
+    "header_number",
     "problem_slug",
 ]
 
@@ -317,6 +318,29 @@ def _reset_epoch(headers: Mapping[str, str]) -> float | None:
         return None
     # X sends epoch seconds; tolerate a proxy or fake server sending milliseconds.
     return value / 1000.0 if value > 1e11 else value
+
+
+# Rate-limit headers are counts and epoch seconds (or milliseconds from a proxy): anything
+# beyond this is not a number X sent.
+_MAX_HEADER_NUMBER = 1e14
+
+
+def header_number(headers: Mapping[str, str], name: str) -> float | None:
+    """A rate-limit header as a number, or None when absent or not a plausible one: "inf",
+    "nan", "²", negative or absurdly large values never reach int() or a gauge."""
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not text.isascii() or len(text) > 32:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(value) or not 0 <= value < _MAX_HEADER_NUMBER:
+        return None
+    return value
 
 
 # --- public classifiers ----------------------------------------------------------------

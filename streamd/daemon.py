@@ -179,6 +179,7 @@ class Daemon:
             self.log.error("config.reload_failed", error=str(exc))
             return
         self.settings = self.settings.model_copy(update={"rules": fresh.rules})
+        self.metrics.rule_tags.configure(configured_tags(self.settings))
         self.log.info("config.reloaded", path=str(path))
         try:
             await self.sync_rules(reason="sighup")
@@ -205,6 +206,7 @@ class Daemon:
         if spool.count:
             self.log.info("spool.found", spooled=spool.count, bytes=spool.bytes,
                           detail="publishing what a previous run left")
+        self.metrics.rule_tags.configure(configured_tags(settings))
         publisher = self._publisher = KafkaPublisher(
             settings.kafka, self.metrics, self.log, spool=spool,
             spool_interval=settings.spool.batch_interval,
@@ -439,3 +441,15 @@ def run_daemon(settings: Settings) -> int:
 
 def _has_uvloop() -> bool:
     return importlib.util.find_spec("uvloop") is not None
+
+
+def configured_tags(settings: Settings) -> frozenset[str] | None:
+    """The label set of streamd_tweets_published_by_rule_total: the configured rule tags,
+    or None with rules.mode = "off" (the rules on X are someone else's: first come, first
+    served, up to a cap). Rules that cannot be read count as none: the sync reports that."""
+    if settings.rules.mode == "off":
+        return None
+    try:
+        return frozenset(r.tag for r in settings.resolved_rules() if r.tag)
+    except (StreamdError, OSError):
+        return frozenset()

@@ -94,6 +94,38 @@ class LineFramer:
             self._append_partial(tail)
         return frames
 
+    def blank_lines(self, chunk: bytes) -> int | None:
+        """If `chunk` holds nothing but blank lines, take it as `feed` would and return how
+        many: the same heartbeats, counted without a list of them (a gzip bomb of newlines
+        is 32 Ki of them per 64 KiB). Blank lines are "\r\n" (X's, and a "\r" left over
+        from the previous chunk may open the chunk and one may close it) or bare "\n".
+        Anything else: None, nothing taken, and the caller feeds the chunk as usual. A
+        chunk that starts with anything but a line end is refused at once."""
+        if not chunk or self._discarding or chunk[0] not in (10, 13):
+            return None
+        buf = self._buf
+        if buf and buf != _CR:
+            return None
+        size = len(chunk)
+        if not buf and chunk[0] == 10 and chunk[-1] == 10 and chunk.count(_NL) == size:
+            return size
+        # "\r\n" pairs: one may be split by the start of the chunk, one by its end.
+        start = 0
+        lines = 0
+        if buf:
+            if chunk[0] != 10:
+                return None
+            start, lines = 1, 1
+        trailing_cr = chunk[-1] == 13
+        pairs = chunk.count(b"\r\n", start)
+        if 2 * pairs + start + trailing_cr != size:
+            return None
+        if buf:
+            buf.clear()
+        if trailing_cr:
+            buf += _CR
+        return lines + pairs
+
     def pending(self) -> int:
         """Bytes held for the incomplete line (the prefix while skipping an oversize line)."""
         return len(self._over_prefix) if self._discarding else len(self._buf)

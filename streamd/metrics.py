@@ -45,6 +45,13 @@ GAP_COVERED_BY: tuple[str, ...] = ("redundant", "backfill", "recovery", "none")
 # X endpoints whose x-rate-limit-remaining header is exported.
 RATE_LIMIT_ENDPOINTS: tuple[str, ...] = ("stream", "rules_get", "rules_post")
 
+# streamd_tweets_published_by_rule_total: the tag that stands for every tag not in the
+# label set (not configured, or past the first-come cap when no tags are configured).
+OTHER_RULE_TAG = "other"
+# With rules.mode = "off" the tags come from X (set up by someone else) and are not known in
+# advance: the first this many distinct tags seen get a series, later ones count as `other`.
+FIRST_COME_RULE_TAGS = 100
+
 RECONNECT_DELAY_BUCKETS: tuple[float, ...] = (
     0, 0.25, 1, 5, 16, 60, 320, 960, 3600, 21600,
 )
@@ -98,8 +105,68 @@ class BatchHistogram(Collector):
         )
 
 
+class RuleTagCounts:
+    """streamd_tweets_published_by_rule_total with a bounded label set.
+
+    Tags arrive with each tweet from the stream, so they are hostile input: 5,000 distinct
+    tags used to make 5,000 series. The label set is the configured tags plus `other`
+    (everything else). With no configured tags (rules.mode = "off": the rules on X are
+    someone else's), the first FIRST_COME_RULE_TAGS distinct tags seen get a series and
+    later ones count as `other`. A SIGHUP reload changes the configured set; series of tags
+    no longer configured stay (a counter must not vanish) and stop growing."""
+
+    def __init__(self, counter: Counter, first_come: int = FIRST_COME_RULE_TAGS) -> None:
+        self._counter = counter
+        self._first_come = first_come
+        self._configured: frozenset[str] | None = None
+        self._seen: set[str] = set()
+        self._children: dict[str, Any] = {}
+        self._other = counter.labels(rule_tag=OTHER_RULE_TAG)
+
+    def configure(self, tags: frozenset[str] | set[str] | None) -> None:
+        """The configured tags (rules.mode "sync" or "add"), or None: not known in advance
+        (mode "off"), first come first served. Zero series are shown for each."""
+        if tags is None:
+            self._configured = None
+        else:
+            self._configured = frozenset(t for t in tags if t != OTHER_RULE_TAG)
+            for tag in self._configured:
+                self._child(tag)
+        self._other = self._counter.labels(rule_tag=OTHER_RULE_TAG)
+
+    @property
+    def label_values(self) -> frozenset[str]:
+        """The rule_tag values that may have a series now (for tests and docs)."""
+        if self._configured is not None:
+            return self._configured | {OTHER_RULE_TAG}
+        return frozenset(self._seen) | {OTHER_RULE_TAG}
+
+    def _child(self, tag: str) -> Any:
+        child = self._children.get(tag)
+        if child is None:
+            child = self._children[tag] = self._counter.labels(rule_tag=tag)
+        return child
+
+    def inc(self, tag: str, count: int = 1) -> None:
+        configured = self._configured
+        if configured is not None:
+            target = self._child(tag) if tag in configured else self._other
+        elif tag in self._seen:
+            target = self._children[tag]
+        elif len(self._seen) < self._first_come and tag != OTHER_RULE_TAG:
+            self._seen.add(tag)
+            target = self._child(tag)
+        else:
+            target = self._other
+        target.inc(count)
+
+
 class Metrics:
-    """Every streamd metric, registered on a private CollectorRegistry."""
+    """Every streamd metric, registered on a private CollectorRegistry.
+
+    Every label set is fixed or bounded: reason (the Reason enum, DLQ_REASONS,
+    PUBLISH_FAILURE_REASONS), kind, covered_by, endpoint and version take values from the
+    tuples in this module; rule_tag only through `rule_tags` (RuleTagCounts)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True) if registry is None else registry
@@ -164,10 +231,13 @@ class Metrics:
         )
         self.tweets_published_by_rule = Counter(
             "streamd_tweets_published_by_rule_total",
-            "Tweets acknowledged by Kafka, once per matching rule tag",
+            "Tweets acknowledged by Kafka, once per matching rule tag (configured tags, "
+            "else 'other')",
             ["rule_tag"],
             registry=r,
         )
+        # The only way to count by tag: the label set stays bounded.
+        self.rule_tags = RuleTagCounts(self.tweets_published_by_rule)
         self.tweets_dlq = Counter(
             "streamd_tweets_dlq_total",
             "Lines sent to the dead-letter topic, by reason",
@@ -221,9 +291,9 @@ class Metrics:
         # read as "exhausted".
 
     def preinitialise_rule_tags(self, tags: list[str]) -> None:
-        """Show a zero series for each configured rule tag before its first tweet."""
-        for tag in tags:
-            self.tweets_published_by_rule.labels(rule_tag=tag)
+        """Show a zero series for each configured rule tag before its first tweet (and
+        make them the label set: see RuleTagCounts)."""
+        self.rule_tags.configure(frozenset(tags))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

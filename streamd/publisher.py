@@ -473,10 +473,13 @@ class KafkaPublisher:
         self._metrics.kafka_available.set(1 if available else 0)
         if available == self._announced:
             return
-        self._announced = available
+        previous, self._announced = self._announced, available
         spooled = self._spool.count if self._spool is not None else len(self._pending)
         if available:
-            self._log.info("kafka.recovered", spooled=spooled)
+            # Only after a kafka.unavailable: Kafka answering for the first time at start-up
+            # is no recovery, and a "recovered" line at every start hides the real ones.
+            if previous is False:
+                self._log.info("kafka.recovered", spooled=spooled)
         else:
             self._log.warning("kafka.unavailable", spooled=spooled + self._in_flight_records)
 
@@ -1180,8 +1183,9 @@ class KafkaPublisher:
                 for tags, count in by_tags.items():
                     for tag in tags:
                         per_tag[tag] += count
+                # Tags come from the stream: the label set is bounded (configured + other).
                 for tag, count in per_tag.items():
-                    self._metrics.tweets_published_by_rule.labels(rule_tag=tag).inc(count)
+                    self._metrics.rule_tags.inc(tag, count)
         self._backpressured = False
         self._set_available(True)
         if self._on_ack is not None:

@@ -27,7 +27,8 @@ import httpx
 import orjson
 from structlog.typing import FilteringBoundLogger
 
-from streamd.classify import problem_slug
+from streamd.bounded import AnswerTooLarge, read_answer
+from streamd.classify import header_number, problem_slug
 from streamd.config import RuleSpec, RulesSettings, Settings
 from streamd.errors import CredentialsError, RulesError
 from streamd.metrics import Metrics
@@ -263,17 +264,10 @@ RetryHook = Callable[[str, int, float, str], None]
 _MAX_EXPONENT = 60
 
 
-def header_number(headers: Mapping[str, str], name: str) -> float | None:
-    raw = headers.get(name)
-    if raw is None:
-        return None
-    try:
-        return float(raw.strip())
-    except ValueError:
-        return None
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
+    # `response` comes from RulesApi._request, its body already read with a cap.
     try:
         body = orjson.loads(response.content)
     except orjson.JSONDecodeError:
@@ -469,12 +463,19 @@ class RulesApi:
             await self._wait(delay, failure)
             await self._wait_for_window(endpoint)
             self.requests += 1
+            request = self._client.build_request(
+                method, RULES_PATH, timeout=REQUEST_TIMEOUT, **kwargs)
             try:
-                response = await self._client.request(
-                    method, RULES_PATH, timeout=REQUEST_TIMEOUT, **kwargs
-                )
-            except httpx.TransportError as exc:
+                # Read with a cap (bounded.py): an answer is never buffered past 16 MiB
+                # inflated, nor waited for past REQUEST_TIMEOUT in all.
+                response = await read_answer(self._client, request, seconds=REQUEST_TIMEOUT)
+            except (httpx.TransportError, httpx.DecodingError) as exc:
                 reason, failure = Reason.NETWORK, f"{type(exc).__name__}: {exc}"
+                delay = self._backoff(attempt)
+                continue
+            except AnswerTooLarge as exc:
+                # No rules page is that large: X (or what stands in for it) is in trouble.
+                reason, failure = Reason.SERVER_ERROR, f"{endpoint}: {exc}"
                 delay = self._backoff(attempt)
                 continue
             self._note_window(endpoint, response.headers)

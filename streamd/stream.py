@@ -14,16 +14,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
 import httpx
 from anyio.streams.memory import MemoryObjectSendStream
 
 from streamd import __version__
 from streamd.backoff import ReconnectPolicy
+from streamd.bounded import Inflater, read_capped
 from streamd.classify import (
     Classification,
     classify_connect_response,
     classify_eof,
     classify_transport_error,
+    header_number,
 )
 from streamd.config import Settings
 from streamd.dedup import Deduplicator
@@ -51,6 +54,14 @@ _CLOSE_TIMEOUT = 2.0
 # The reader hands records over in lists of at most this many; the queue holds
 # stream.queue_size // QUEUE_BATCH lists, so it bounds lines, not network reads.
 QUEUE_BATCH = 100
+# After stop(), the network read in hand is still taken whole (its lines were read from X)
+# unless it is still inflating this long after: only a hostile body (a gzip bomb of junk
+# lines, 64 MiB a read) takes more than milliseconds.
+STOP_GRACE = 1.0
+# Lines interpreted between two turns of the event loop. A 64 KiB slice of inflated body
+# can hold 32,768 one-byte lines: at a few microseconds each, that would keep SIGTERM, the
+# ops endpoint and the publisher waiting for a tenth of a second.
+FRAMES_PER_TURN = 1024
 
 
 def queue_batches(queue_size: int) -> int:
@@ -167,6 +178,7 @@ class StreamReader:
         self._clock = clock
         self._ce_source = settings.kafka.ce_source.encode()
         self._stopping = False
+        self._stop_by = math.inf  # monotonic: a read still inflating past this is dropped
         self._read_scope: anyio.CancelScope | None = None
         self._healthy_since_connect = False
         self.connected = False
@@ -182,6 +194,8 @@ class StreamReader:
 
     def stop(self) -> None:
         """Stop reading: end the current connection or backoff wait; run() then returns."""
+        if not self._stopping:
+            self._stop_by = time.monotonic() + STOP_GRACE
         self._stopping = True
         if self._read_scope is not None:
             self._read_scope.cancel()
@@ -269,8 +283,8 @@ class StreamReader:
         self._metrics.stream_connected.set(1 if connected else 0)
 
     def _note_rate_limit(self, headers: Mapping[str, str]) -> None:
-        remaining = headers.get("x-rate-limit-remaining")
-        if remaining is not None and remaining.isdigit():
+        remaining = header_number(headers, "x-rate-limit-remaining")
+        if remaining is not None:
             self._metrics.x_rate_limit_remaining.labels(endpoint="stream").set(int(remaining))
 
     def _backfill_minutes(self) -> int:
@@ -344,8 +358,11 @@ class StreamReader:
                 if resp.status_code != 200:
                     body = await _read_bounded(resp, _MAX_ERROR_BODY, stall_timeout)
                     return classify_connect_response(resp.status_code, resp.headers, body)
+                # Before "connected": a body we cannot decode is a failed connect, a
+                # protocol problem like any other (httpx.DecodingError, reason network).
+                inflater = Inflater(resp.headers.get("content-encoding"))
                 self._on_connected(attempt, backfill)
-                return await self._read_body(resp, framer, send)
+                return await self._read_body(resp, inflater, framer, send)
             finally:
                 await resp.aclose()
         except (httpx.HTTPError, OSError) as exc:
@@ -354,17 +371,25 @@ class StreamReader:
     async def _read_body(
         self,
         resp: httpx.Response,
+        inflater: Inflater,
         framer: LineFramer,
         send: MemoryObjectSendStream[list[OutRecord]],
     ) -> Classification:
         """Read until the body ends, stalls, fails, or we stop; return why it ended.
+
+        The body is read raw and inflated here in slices of at most 64 KiB (bounded.py): a
+        gzip bomb costs CPU, never memory. Each network read is taken in whole, slice by
+        slice, turning the event loop between slices (and every FRAMES_PER_TURN lines), so a
+        signal, the ops endpoint and the publisher keep running. A stop() is heeded after
+        the read in hand is done (its lines were read from X and must reach the queue),
+        or STOP_GRACE after the stop if the read is still inflating then.
 
         An in-stream disconnect message (operational-disconnect, usage-capped, ...) names the
         end even when the transport then dies abruptly (TCP reset, a missing final chunk,
         HTTP/2 RST_STREAM): X said why; the abrupt end is only how."""
         stall_timeout = self._settings.stream.stall_timeout
         message: Classification | None = None
-        chunks = resp.aiter_bytes()
+        chunks = resp.aiter_raw()
         try:
             while True:
                 with anyio.move_on_after(stall_timeout) as stall_scope:
@@ -379,17 +404,14 @@ class StreamReader:
                     )
                 self.last_progress = time.monotonic()
                 self.last_read_at = self._clock()
-                frames = framer.feed(chunk)
-                if not frames:
-                    continue
-                records, found = self._process(frames)
+                # Shielded: stop() cancels the read scope, and a read half taken would lose
+                # the lines of its other half. The checkpoints inside still turn the loop.
+                with anyio.CancelScope(shield=True):
+                    found, broken = await self._take(chunk, inflater, framer, send)
                 if found is not None:
                     message = found
-                if records:
-                    # Shielded: a record that was read is queued even while stopping.
-                    with anyio.CancelScope(shield=True):
-                        for i in range(0, len(records), QUEUE_BATCH):
-                            await send.send(records[i:i + QUEUE_BATCH])
+                if broken is not None:
+                    raise broken
                 if self._stopping:
                     return message or classify_eof(None)
                 if self._room is not None and not self._room().is_set():
@@ -399,6 +421,65 @@ class StreamReader:
         except (httpx.HTTPError, OSError) as exc:
             return message if message is not None else classify_transport_error(exc)
 
+    async def _take(
+        self,
+        chunk: bytes,
+        inflater: Inflater,
+        framer: LineFramer,
+        send: MemoryObjectSendStream[list[OutRecord]],
+    ) -> tuple[Classification | None, httpx.DecodingError | None]:
+        """Inflate, frame, interpret and queue one network read. Returns the last
+        disconnect message in it, and the error that stopped its decoding, if any (what
+        came before the error is queued, and the message still names the end)."""
+        message: Classification | None = None
+        first = True
+        try:
+            for piece in inflater.feed(chunk):
+                if not first:
+                    # Another slice of the same read (it inflated past 64 KiB): let the loop
+                    # turn first. A read of one slice, the usual case, costs no extra turn.
+                    self.last_progress = time.monotonic()
+                    await anyio.lowlevel.checkpoint()
+                    if self._stopping and time.monotonic() >= self._stop_by:
+                        self._cut_read(inflater)
+                        break
+                first = False
+                beats = framer.blank_lines(piece)
+                if beats is not None:
+                    # A run of heartbeats (a gzip bomb of newlines: 64 MiB a read) is
+                    # counted, not framed.
+                    self._metrics.keepalives.inc(beats)
+                    continue
+                frames = framer.feed(piece)
+                if len(frames) > FRAMES_PER_TURN:
+                    beats = frames.count(b"")
+                    if beats:
+                        # A flood of blank lines (a gzip bomb of newlines: 64 Ki a slice):
+                        # counted and dropped at C speed, not looped over.
+                        self._metrics.keepalives.inc(beats)
+                        frames = list(filter(None, frames))
+                count = len(frames)
+                for start in range(0, count, FRAMES_PER_TURN):
+                    group = frames if count <= FRAMES_PER_TURN else frames[
+                        start:start + FRAMES_PER_TURN]
+                    records, found = self._process(group)
+                    if found is not None:
+                        message = found
+                    for i in range(0, len(records), QUEUE_BATCH):
+                        await send.send(records[i:i + QUEUE_BATCH])
+                    if start + FRAMES_PER_TURN < count:
+                        await anyio.lowlevel.checkpoint()
+        except httpx.DecodingError as exc:
+            return message, exc
+        return message, None
+
+    def _cut_read(self, inflater: Inflater) -> None:
+        self._log.warning(
+            "stream.read_cut", inflated_bytes=inflater.inflated,
+            detail=f"stopping: a network read still inflating {STOP_GRACE:g} s after the stop "
+                   "request was dropped unread (a normal read takes milliseconds)",
+        )
+
     def _process(
         self, frames: list[bytes | Oversize]
     ) -> tuple[list[OutRecord], Classification | None]:
@@ -406,14 +487,18 @@ class StreamReader:
         records: list[OutRecord] = []
         tweets: list[OutRecord] = []
         message: Classification | None = None
-        # One read time for the whole network read: its lines arrived together.
+        # Heartbeats are counted in one C-speed pass; a read of nothing else is done.
+        heartbeats = frames.count(b"")
+        if heartbeats:
+            metrics.keepalives.inc(heartbeats)
+            if heartbeats == len(frames):
+                return records, message
+        # One read time for the whole group: its lines arrived together.
         read_ms = time.time_ns() // 1_000_000
         read_at = time.monotonic()
         ce_source = self._ce_source
-        heartbeats = 0
         for frame in frames:
             if not frame:
-                heartbeats += 1
                 continue
             if type(frame) is Oversize:
                 records.append(dlq_record(
@@ -433,8 +518,6 @@ class StreamReader:
                     tweets.append(out)
             else:
                 message = self._on_error_message(out) or message  # type: ignore[arg-type]
-        if heartbeats:
-            metrics.keepalives.inc(heartbeats)
         if tweets:
             self.received += len(tweets)
             metrics.tweets_received.inc(len(tweets))
@@ -485,11 +568,9 @@ class StreamReader:
 
 
 async def _read_bounded(resp: httpx.Response, limit: int, seconds: float) -> bytes:
-    body = bytearray()
-    with anyio.move_on_after(seconds):
-        async for chunk in resp.aiter_bytes():
-            body += chunk
-            if len(body) >= limit:
-                break
-    return bytes(body[:limit])
-
+    """An error answer's body for its detail: decoded, cut at `limit`, what came within
+    `seconds` (bounded.py: never more than `limit` inflated bytes in memory)."""
+    try:
+        return await read_capped(resp, limit, seconds=seconds, truncate=True)
+    except httpx.DecodingError:
+        return b""  # the status still classifies the answer

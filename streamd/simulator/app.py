@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
@@ -21,7 +22,7 @@ from streamd.simulator.problems import ErrorAnswer
 from streamd.simulator.ratelimit import FixedWindow, WindowState
 from streamd.simulator.records import ConnectRecord, RulesRequestRecord
 from streamd.simulator.rules import decode_page_token
-from streamd.simulator.rules_faults import RulesFault, parse_rules_fault_spec
+from streamd.simulator.rules_faults import RulesFault, oversized_body, parse_rules_fault_spec
 from streamd.simulator.state import SimulatorState
 from streamd.simulator.stream import StreamSession
 from streamd.simulator.timefmt import iso_now
@@ -433,10 +434,37 @@ class SimulatorApp:
                 exchange.record()
                 await drop_unanswered(scope, receive, "reset")
                 return True
+            if fault.kind == "oversized":
+                await self._oversized(scope, exchange, window, fault)
+                return True
         if denied is not None:
             await respond_error(exchange.send, denied, window)
             return True
         return False
+
+    async def _oversized(
+        self, scope: Scope, exchange: _RulesExchange, window: WindowState, fault: RulesFault
+    ) -> None:
+        """RulesFault.oversized: a 200 that goes on for `megabytes` MiB, gzip-encoded when
+        the client accepts it, made while it is sent; it stops when the client hangs up."""
+        use_gzip = "gzip" in (_header(scope, b"accept-encoding") or "").lower()
+        headers = [(b"content-type", JSON.encode())]
+        if use_gzip:
+            headers.append((b"content-encoding", b"gzip"))
+        headers.extend(window.headers())
+        await exchange.send({"type": "http.response.start", "status": 200, "headers": headers})
+        conn = connection_of(scope)
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if use_gzip else None
+        for piece in oversized_body(fault.megabytes):
+            if conn is not None and conn.gone():
+                return
+            data = compressor.compress(piece) if compressor is not None else piece
+            if data:
+                await exchange.send({"type": "http.response.body", "body": data,
+                                     "more_body": True})
+            await asyncio.sleep(0)  # let the server see a client that went away
+        tail = compressor.flush() if compressor is not None else b""
+        await exchange.send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def rules_get(self, scope: Scope, receive: Receive, exchange: _RulesExchange) -> None:
         state = self.state

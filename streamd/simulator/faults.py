@@ -1,5 +1,10 @@
 """Scriptable faults: Fault acts on open streams, ConnectFault answers connect attempts.
 
+Hostile bodies (`Fault.gzip_bomb`): on a gzip stream, a few hundred KB on the wire that
+inflate to hundreds of MB, as X never sends but anything between us and X could: blank
+lines (each a heartbeat to the client) or one giant line. The inflated form is made and
+compressed in 1 MiB pieces, never held whole.
+
 How a stream ends (`end`, for the faults that end it: close, operational_disconnect,
 usage_capped):
 
@@ -41,7 +46,11 @@ STREAM_FAULT_KINDS = (
     "slow_reader_drop",
     "usage_capped",
     "raw",
+    "gzip_bomb",
 )
+# What a gzip bomb inflates to: blank lines ("\r\n", heartbeats to a client), one line, or
+# lines of junk ("x", each one for the client's dead-letter topic).
+BOMB_SHAPES: tuple[str, ...] = ("heartbeats", "line", "junk_lines")
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,8 @@ class Fault:
     count: int = 1
     lines: tuple[bytes, ...] = ()
     end: str = "clean"
+    inflated_mb: int = 0  # gzip_bomb: inflated size, MiB
+    shape: str = "heartbeats"  # gzip_bomb: BOMB_SHAPES
 
     def __post_init__(self) -> None:
         if self.kind not in STREAM_FAULT_KINDS:
@@ -69,6 +80,11 @@ class Fault:
             raise ValueError(f"unknown end {self.end!r}; expected one of {STREAM_ENDS}")
         if self.end != "clean" and self.kind not in ENDING_FAULTS:
             raise ValueError(f"`end` applies only to {ENDING_FAULTS}, not {self.kind!r}")
+        if self.kind == "gzip_bomb":
+            if self.shape not in BOMB_SHAPES:
+                raise ValueError(f"unknown shape {self.shape!r}; expected one of {BOMB_SHAPES}")
+            if not 1 <= self.inflated_mb <= 4096:
+                raise ValueError("inflated_mb must be 1..4096")
 
     @classmethod
     def operational_disconnect(
@@ -107,6 +123,15 @@ class Fault:
         if any(b"\n" in line for line in lines):
             raise ValueError("a raw line must not contain a newline")
         return cls("raw", lines=tuple(lines))
+
+    @classmethod
+    def gzip_bomb(cls, inflated_mb: int = 200, shape: str = "heartbeats") -> Fault:
+        """`inflated_mb` MiB of blank lines (`shape="heartbeats"`), of one line (`"line"`:
+        a tweet whose text runs on, then its end and "\r\n") or of junk lines
+        (`"junk_lines"`: "x\r\n" over and over), in the stream's gzip: about 1 KB on the
+        wire per MiB inflated. On a stream without gzip (the client did not
+        accept it, or SimulatorConfig.gzip is off) the same bytes go out as they are."""
+        return cls("gzip_bomb", inflated_mb=inflated_mb, shape=shape)
 
     @classmethod
     def malformed(cls, count: int = 1) -> Fault:
@@ -151,6 +176,8 @@ class Fault:
             seconds=float(spec.get("seconds", 0.0)),
             count=int(spec.get("count", 1)),
             end=str(spec.get("end", "clean")),
+            inflated_mb=int(spec.get("inflated_mb", 200 if kind == "gzip_bomb" else 0)),
+            shape=str(spec.get("shape", "heartbeats")),
         )
 
 

@@ -4,11 +4,17 @@ matching request (`method` "GET", "POST" or "any"). The counts endpoint is not a
 
 The fault replaces the answer after the auth check (a bad token still gets its 401) and
 counts against the endpoint's request window, as a real request does. A POST's body is
-read first and the change is never applied."""
+read first and the change is never applied.
+
+`oversized` is a hostile answer: a 200 whose JSON body of rules runs to `megabytes` MiB
+(gzip-encoded when the client accepts gzip, about 1 KB on the wire per MiB). It is made
+while it is sent, 1 MiB at a time, and stops as soon as the client hangs up, so a client
+that refuses it early costs the simulator next to nothing."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,6 +24,7 @@ RulesMethod = Literal["GET", "POST", "any"]
 RULES_METHODS: tuple[str, ...] = ("GET", "POST", "any")
 RULES_FAULT_KINDS = (
     "server_error", "unauthorized", "forbidden", "rate_limited", "connection_reset",
+    "oversized",
 )
 
 
@@ -26,6 +33,7 @@ class RulesFault:
     kind: str
     status: int = 503
     reset_in: float = 60.0
+    megabytes: int = 0  # oversized: the body's size, MiB
 
     def __post_init__(self) -> None:
         if self.kind not in RULES_FAULT_KINDS:
@@ -34,6 +42,8 @@ class RulesFault:
             )
         if self.kind == "server_error" and not 400 <= self.status <= 599:
             raise ValueError("server_error status must be an HTTP error status")
+        if self.kind == "oversized" and not 1 <= self.megabytes <= 4096:
+            raise ValueError("oversized megabytes must be 1..4096")
 
     @classmethod
     def server_error(cls, status: int = 503) -> RulesFault:
@@ -61,6 +71,11 @@ class RulesFault:
         return cls("connection_reset", status=0)
 
     @classmethod
+    def oversized(cls, megabytes: int = 300) -> RulesFault:
+        """200 with a body of rules `megabytes` MiB long (valid JSON, made as it is sent)."""
+        return cls("oversized", status=200, megabytes=megabytes)
+
+    @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> RulesFault:
         """Control API / scenario form: {"kind": "server_error", "status": 502},
         {"kind": "rate_limited", "reset_in": 5}, {"kind": "connection_reset"}, ..."""
@@ -69,6 +84,8 @@ class RulesFault:
             return cls.server_error(int(spec.get("status", 503)))
         if kind == "rate_limited":
             return cls.rate_limited(float(spec.get("reset_in", 60.0)))
+        if kind == "oversized":
+            return cls.oversized(int(spec.get("megabytes", 300)))
         named = {
             "unauthorized": cls.unauthorized,
             "forbidden": cls.forbidden,
@@ -81,8 +98,9 @@ class RulesFault:
         return named[kind]()
 
     def answer(self, host: str) -> problems.ErrorAnswer | None:
-        """The error to send; None for `connection_reset` (nothing is sent)."""
-        if self.kind == "connection_reset":
+        """The error to send; None for `connection_reset` (nothing is sent) and
+        `oversized` (a 200, see `oversized_body`)."""
+        if self.kind in ("connection_reset", "oversized"):
             return None
         if self.kind == "unauthorized":
             return problems.unauthorized()
@@ -105,3 +123,28 @@ def parse_rules_fault_spec(spec: dict[str, Any]) -> tuple[RulesFault, str, int]:
     if count < 1:
         raise ValueError("count must be >= 1")
     return RulesFault.from_dict(spec), method, count
+
+
+_PIECE = 1 << 20
+
+
+def oversized_body(megabytes: int) -> Iterator[bytes]:
+    """A GET rules answer `megabytes` MiB long, 1 MiB at a time: `{"data":[` rules of about
+    1 KB each `],"meta":{...}}`. The same 1 MiB of rules repeats (ids included): a client
+    that reads it all would hold every copy."""
+    value = b"(cat OR kitten) has:images lang:en -is:retweet " + b"x" * 900
+    entries: list[bytes] = []
+    size = 0
+    number = 0
+    while size < _PIECE:
+        entry = (b'{"id":"%d","value":"%s %d","tag":"t%d"},'
+                 % (1_600_000_000_000_000_000 + number, value, number, number))
+        entries.append(entry)
+        size += len(entry)
+        number += 1
+    block = b"".join(entries)
+    yield b'{"data":['
+    for _ in range(megabytes):
+        yield block
+    yield (b'{"id":"1","value":"last","tag":"t"}],"meta":{"sent":"2024-01-15T10:30:00.000Z",'
+           b'"result_count":%d}}' % (megabytes * number + 1))

@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -98,10 +98,12 @@ class StreamSession:
         # Sync-flush per chunk so each line reaches the client promptly.
         return self._compressor.compress(data) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes, *, encoded: bool = False) -> None:
+        """Send `data`, gzip-encoded (and flushed) unless `encoded` says it already is."""
         if self.client_gone.is_set():
             raise _StreamEnded("gone")
-        message = {"type": "http.response.body", "body": self._encode(data), "more_body": True}
+        body = data if encoded else self._encode(data)
+        message = {"type": "http.response.body", "body": body, "more_body": True}
         conn = self.conn
         if conn is not None and conn.backlogged():
             try:
@@ -195,6 +197,30 @@ class StreamSession:
             conn.abort()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.client_gone.wait(), 1.0)
+
+    async def _send_bomb(self, fault: Fault) -> None:
+        """Fault.gzip_bomb, as an attacker would shape it: the pieces go into the stream's
+        deflate without a flush in between, and the compressed bytes out in writes of
+        64 KiB, so a client's every network read inflates to tens of MB at once (1 MiB
+        compresses to about 1 KB). One sync flush at the end, then the stream goes on as
+        before. Recorded as one summary line, not as what it inflates to."""
+        tweet_id = str(self.feed.ids.next_block(1))
+        compressor = self._compressor
+        gzipped = " gzip" if compressor is not None else " (no gzip: sent as is)"
+        summary = f"{fault.inflated_mb} MiB of {fault.shape}{gzipped}"
+        self.state.record_line("gzip_bomb", summary.encode())
+        if compressor is None:
+            for piece in _bomb_pieces(fault, tweet_id):
+                await self._write(piece)
+            return
+        pending = bytearray()
+        for piece in _bomb_pieces(fault, tweet_id):
+            pending += compressor.compress(piece)
+            if len(pending) >= _BOMB_WRITE:
+                await self._write(bytes(pending), encoded=True)
+                pending.clear()
+        pending += compressor.flush(zlib.Z_SYNC_FLUSH)
+        await self._write(bytes(pending), encoded=True)
 
     async def _drain(self, limit: float) -> None:
         """Up to `limit` seconds for the client to receive what we wrote, then a moment for
@@ -367,6 +393,9 @@ class StreamSession:
             for line in fault.lines:
                 await self._send_other("raw", line)
             return
+        if kind == "gzip_bomb":
+            await self._send_bomb(fault)
+            return
         if kind == "malformed":
             for number in range(fault.count):
                 line = _MALFORMED_LINES[number % len(_MALFORMED_LINES)]
@@ -389,6 +418,32 @@ class StreamSession:
             await self._send_other("unknown_message", orjson.dumps(message))
             return
         raise ValueError(f"unhandled fault {kind!r}")
+
+
+_BOMB_PIECE = 1 << 20
+_BOMB_WRITE = 64 * 1024  # compressed bytes per write: ~64 MiB inflated
+
+
+def _bomb_pieces(fault: Fault, tweet_id: str) -> Iterator[bytes]:
+    """The inflated bytes of a gzip bomb, 1 MiB at a time (never all at once)."""
+    total = fault.inflated_mb * _BOMB_PIECE
+    if fault.shape == "heartbeats":
+        for _ in range(fault.inflated_mb):
+            yield b"\r\n" * (_BOMB_PIECE // 2)
+        return
+    if fault.shape == "junk_lines":
+        for _ in range(fault.inflated_mb):
+            yield b"x\r\n" * (_BOMB_PIECE // 3)
+        return
+    head = b'{"data":{"id":"' + tweet_id.encode() + b'","text":"'
+    tail = b'"},"matching_rules":[]}\r\n'
+    yield head
+    body = total - len(head) - len(tail)
+    while body > 0:
+        size = min(body, _BOMB_PIECE)
+        yield b"x" * size
+        body -= size
+    yield tail
 
 
 def _with_unknown_fields(line: bytes) -> bytes:

@@ -82,6 +82,7 @@ def run_check(
 ) -> tuple[int, dict[str, tuple[str, str]], str]:
     """Exit code, {name: (label, rest of line)} and the whole output (stdout + stderr)."""
     path = write_toml(tmp_path / "streamd.toml", cfg)
+    path.chmod(0o600)  # it holds the token: readable by others it is a WARN (tested below)
     code = main(["check", "-c", str(path), *extra])
     captured = capsys.readouterr()
     lines: dict[str, tuple[str, str]] = {}
@@ -120,6 +121,7 @@ def test_json_output_shape(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = write_toml(tmp_path / "streamd.toml", config(sim, broker, topics, tmp_path))
+    path.chmod(0o600)
     assert main(["check", "--json", "-c", str(path)]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["verdict"] == "pass"
@@ -353,3 +355,84 @@ def test_silent_broker_fails_within_the_deadline(
     assert "no answer within 1 s" in checks["kafka"]["detail"]
     assert checks["topics"]["status"] == "skip"
     assert elapsed < 5
+
+
+# --- secrets and hostile answers ----------------------------------------------------------
+
+
+def test_config_readable_by_others_is_a_warning_naming_the_chmod(
+    sim: Simulator, broker: LocalBroker, topics: tuple[str, str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = write_toml(tmp_path / "streamd.toml", config(sim, broker, topics, tmp_path))
+    path.chmod(0o644)
+    code = main(["check", "-c", str(path)])
+    output = capsys.readouterr().out
+    assert code == 0, output
+    (line,) = [line for line in output.splitlines() if line.startswith("[WARN] config:")]
+    assert f"chmod 600 {path}" in line
+    assert "x.bearer_token" in line
+    assert GOOD_TOKEN not in output
+
+
+HOSTILE_DETAIL = "\x1b[2J\r[ OK ] token"
+
+
+class _HostileX:
+    """An X stand-in whose rules endpoint answers 401 with a problem whose title and detail
+    try to clear the screen and draw a passing line (the simulator's bodies are fixed)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        body = json.dumps({"title": f"Unauthorized{HOSTILE_DETAIL}",
+                           "detail": f"Unauthorized{HOSTILE_DETAIL}\u202e",
+                           "type": "about:blank", "status": 401}).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(401)
+                self.send_header("Content-Type", "application/problem+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _HostileX:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_hostile_problem_detail_cannot_fake_a_passing_line(
+    sim: Simulator, topics: tuple[str, str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], as_json: bool,
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    with _HostileX() as hostile:
+        cfg = config(sim, nowhere, topics, tmp_path, x={"api_url": hostile.url})
+        extra = ("--json",) if as_json else ()
+        code, lines, output = run_check(capsys, tmp_path, cfg, *extra)
+    assert code == 1
+    for bad in ("\x1b", "\r", "\u202e"):
+        assert bad not in output
+    if as_json:
+        token = {c["name"]: c for c in json.loads(output)["checks"]}["token"]
+        assert token["status"] == "fail"
+        assert "\x1b[2J" in token["detail"]  # JSON readers get X's text, escaped by JSON
+        return
+    assert "\\x1b[2J" in lines["token"][1]  # shown as text
+    assert lines["token"][0] == "[FAIL]"
+    assert not any(line.startswith("[ OK ] token") for line in output.splitlines())
+    assert GOOD_TOKEN not in output

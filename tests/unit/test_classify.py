@@ -20,6 +20,7 @@ from streamd.classify import (
     classify_eof,
     classify_stream_message,
     classify_transport_error,
+    header_number,
     problem_slug,
 )
 from streamd.reasons import Reason
@@ -147,7 +148,7 @@ UNLISTED_4XX: list[tuple[int, Reason, int | None]] = [
     (421, Reason.SERVER_ERROR, None),
     (422, Reason.INVALID_REQUEST, 78),
     (425, Reason.SERVER_ERROR, None),
-    (431, Reason.INVALID_REQUEST, 78),  # e.g. a bearer_token_file holding more than a token
+    (431, Reason.INVALID_REQUEST, 78),  # e.g. field lists too long for the query string
     (451, Reason.INVALID_REQUEST, 78),
     (499, Reason.INVALID_REQUEST, 78),
 ]
@@ -423,3 +424,27 @@ def test_classification_is_frozen() -> None:
     c = Classification(reason=Reason.NETWORK)
     with pytest.raises(AttributeError):
         c.reason = Reason.STALL  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("49", 49.0),
+        (" 1705420800 ", 1705420800.0),
+        ("1705420800000", 1705420800000.0),  # milliseconds from a proxy: still a number
+        ("\u00b2", None),  # str.isdigit() is true for it; int() is not
+        ("\u0661\u0662", None),
+        ("inf", None),
+        ("nan", None),
+        ("-1", None),
+        ("1e400", None),
+        ("9" * 400, None),
+        ("", None),
+        ("twelve", None),
+    ],
+)
+def test_rate_limit_headers_are_plausible_numbers_or_none(raw: str, expected: float | None) -> None:
+    """A hostile x-rate-limit-* header never reaches int() or a gauge as inf, nan or a
+    Unicode digit (each crashed a reader before)."""
+    assert header_number({"x-rate-limit-remaining": raw}, "x-rate-limit-remaining") == expected
+    assert header_number({}, "x-rate-limit-remaining") is None

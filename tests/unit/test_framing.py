@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -170,16 +168,61 @@ def test_random_chunkings_reproduce_lines(
     assert framer.finish() == b""
 
 
-def test_throughput() -> None:
-    """Hot path sanity: well over 100k lines/s even on a busy shared machine."""
+def test_many_lines_across_chunk_boundaries() -> None:
+    """200,000 lines cut into 16 KiB chunks come out whole (the speed of this path is
+    measured in bench/, not here)."""
     lines = 200_000
     data = (TWEET * 5 + b"\r\n") * lines  # ~420-byte lines
     chunks = [data[i : i + 16384] for i in range(0, len(data), 16384)]
     framer = LineFramer(1 << 20)
-    start = time.perf_counter()
-    count = 0
+    frames = [frame for chunk in chunks for frame in framer.feed(chunk)]
+    assert len(frames) == lines
+    assert set(frames) == {TWEET * 5}
+
+
+# --- blank_lines: runs of heartbeats counted without framing them (security issue, item 2) ---
+
+
+def frames_with_fast_path(framer: LineFramer, chunks: list[bytes]) -> list[Frame]:
+    out: list[Frame] = []
     for chunk in chunks:
-        count += len(framer.feed(chunk))
-    elapsed = time.perf_counter() - start
-    assert count == lines
-    assert lines / elapsed > 200_000, f"{lines / elapsed:.0f} lines/s"
+        beats = framer.blank_lines(chunk)
+        if beats is None:
+            out.extend(framer.feed(chunk))
+        else:
+            out.extend([b""] * beats)
+    return out
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    data=st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b"x", b"\r\r\n", b"{}"]),
+                  max_size=40).map(b"".join),
+    cuts=st.lists(st.integers(0, 80), max_size=8),
+    limit=st.integers(1, 6),
+)
+def test_blank_lines_takes_a_chunk_exactly_as_feed_would(
+    data: bytes, cuts: list[int], limit: int
+) -> None:
+    points = sorted({min(c, len(data)) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    fast, plain = LineFramer(limit), LineFramer(limit)
+    assert frames_with_fast_path(fast, chunks) == feed_all(plain, chunks)
+    assert fast.pending() == plain.pending()
+    assert fast.finish() == plain.finish()
+
+
+def test_blank_lines_counts_a_bomb_slice_split_anywhere() -> None:
+    bomb = b"\r\n" * (1 << 16)
+    framer = LineFramer(1024)
+    total = 0
+    # odd boundaries: each slice opens with the "\n" of a "\r" the one before left pending
+    for start in (0, *range(1, len(bomb), 65536)):
+        end = 1 if start == 0 else start + 65536
+        beats = framer.blank_lines(bomb[start:end])
+        assert beats is not None
+        total += beats
+    assert total == 1 << 16
+    assert framer.pending() == 0
+    assert framer.blank_lines(b'{"data":{}}\r\n') is None
+    assert framer.blank_lines(b"\r\nx\r\n") is None

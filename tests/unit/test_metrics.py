@@ -127,3 +127,80 @@ def test_publish_latency_takes_a_count_per_observation() -> None:
     assert s[("streamd_publish_latency_seconds_count", ())] == 29
     assert s[("streamd_publish_latency_seconds_sum", ())] == pytest.approx(
         0.004 * 26 + 0.3 + 240.0)
+
+
+# --- bounded label sets (security issue, item 4) -------------------------------------------
+
+
+def rule_tag_series(m: Metrics) -> dict[str, float]:
+    return {dict(labels)["rule_tag"]: value
+            for (name, labels), value in samples(m).items()
+            if name == "streamd_tweets_published_by_rule_total"}
+
+
+def test_configured_tags_plus_other_is_the_whole_label_set() -> None:
+    m = Metrics()
+    m.rule_tags.configure(frozenset({"cats", "dogs"}))
+    assert rule_tag_series(m) == {"cats": 0, "dogs": 0, "other": 0}
+    m.rule_tags.inc("cats", 2)
+    for i in range(5000):
+        m.rule_tags.inc(f"hostile-{i}")
+    m.rule_tags.inc("other", 3)
+    assert rule_tag_series(m) == {"cats": 2, "dogs": 0, "other": 5003}
+
+
+def test_without_configured_tags_the_first_100_are_kept_then_other() -> None:
+    m = Metrics()
+    m.rule_tags.configure(None)  # rules.mode = "off"
+    for i in range(5000):
+        m.rule_tags.inc(f"t{i}")
+    m.rule_tags.inc("t7", 4)
+    series = rule_tag_series(m)
+    assert len(series) == 101
+    assert series["other"] == 4900
+    assert series["t7"] == 5
+    assert series["t99"] == 1
+    assert "t100" not in series
+
+
+def test_a_reload_changes_the_label_set_and_keeps_old_series() -> None:
+    m = Metrics()
+    m.rule_tags.configure(frozenset({"cats"}))
+    m.rule_tags.inc("cats")
+    m.rule_tags.configure(frozenset({"dogs"}))
+    m.rule_tags.inc("cats")  # no longer configured: other
+    m.rule_tags.inc("dogs")
+    assert rule_tag_series(m) == {"cats": 1, "dogs": 1, "other": 1}
+    assert m.rule_tags.label_values == {"dogs", "other"}
+
+
+def test_the_daemon_passes_the_configured_tags_or_none_with_mode_off() -> None:
+    from streamd.config import Settings
+    from streamd.daemon import configured_tags
+
+    rules = [{"value": "cat", "tag": "cats"}, {"value": "dog"}, {"value": "cow", "tag": "x"}]
+    for mode in ("sync", "add"):
+        settings = Settings.model_validate({"rules": {"mode": mode, "rule": rules}})
+        assert configured_tags(settings) == {"cats", "x"}
+    off = Settings.model_validate({"rules": {"mode": "off", "rule": rules}})
+    assert configured_tags(off) is None
+
+
+def test_rule_tags_are_counted_only_through_the_bounded_counter() -> None:
+    """The label sets besides rule_tag are all pre-initialised from fixed tuples: their series
+    exist from the start and the code never labels them with anything from the network."""
+    import ast
+    import inspect
+
+    from streamd import metrics as metrics_module
+    from streamd import publisher, rules, stream
+
+    fixed = {"reason", "kind", "covered_by", "endpoint", "version", "rule_tag"}
+    for module in (stream, publisher, rules):
+        tree = ast.parse(inspect.getsource(module))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "labels":
+                names = {kw.arg for kw in node.keywords}
+                assert names <= fixed, (module.__name__, names)
+                assert "rule_tag" not in names, "count by tag only through Metrics.rule_tags"
+    assert metrics_module.FIRST_COME_RULE_TAGS == 100

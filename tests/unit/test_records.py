@@ -120,6 +120,18 @@ def test_bad_lines_go_to_the_dlq_with_their_reason(line: bytes, reason: bytes) -
 # What X's ids look like and what streamd accepts, spelled out independently of the code:
 # X's TweetId/UserId pattern ^[0-9]{1,19}$, minus leading zeros ("0" itself is canonical).
 CANONICAL_ID = re.compile(r"0|[1-9][0-9]{0,18}")
+RFC3339_SHAPE = re.compile(
+    r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)"
+    r"(\.\d{1,9})?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)", re.ASCII)
+READ_TIME = b"2023-11-14T22:13:20.123Z"  # rfc3339_ms of interpret()'s read_ms
+# What no header value may hold, in UTF-8: C0 controls (CR, LF, ...), DEL, C1 controls, the
+# bidirectional controls (ALM, LRM, RLM, LRE..RLO, LRI..PDI), line and paragraph separators.
+UNSAFE_HEADER_BYTES = re.compile(
+    rb"[\x00-\x1f\x7f]|\xc2[\x80-\x9f]|\xd8\x9c|\xe2\x80[\x8e\x8f\xa8-\xae]|\xe2\x81[\xa6-\xa9]")
+
+
+def header_safe(value: bytes) -> bool:
+    return UNSAFE_HEADER_BYTES.search(value) is None
 
 ODD_IDS: list[tuple[str, bytes, bytes]] = [
     # (name, the JSON text of data.id, what streamd_dlq_error must say about it)
@@ -173,10 +185,18 @@ def test_odd_ids_go_to_the_dlq_as_validate(name: str, id_json: bytes, says: byte
 
 
 @pytest.mark.parametrize(("name", "id_json", "says"), ODD_IDS, ids=[n for n, _, _ in ODD_IDS])
-def test_odd_author_ids_go_to_the_dlq_as_validate(name: str, id_json: bytes, says: bytes) -> None:
-    if id_json == b"null":  # a null author_id is an absent one (below)
-        return
-    assert_dead_lettered(interpret(id_line(b'"5"', id_json)), "data.author_id", says)
+def test_odd_author_ids_publish_the_tweet_without_ce_subject(
+    name: str, id_json: bytes, says: bytes
+) -> None:
+    """The author is metadata: a tweet is not wrong for an odd author_id, so it is published
+    and only the header that would be wrong (ce_subject) is left out."""
+    line = id_line(b'"5"', id_json)
+    rec = interpret(line)
+    assert isinstance(rec, OutRecord)
+    assert not rec.dlq
+    assert rec.key == b"5"
+    assert rec.value is line
+    assert "ce_subject" not in dict(rec.headers)
 
 
 @pytest.mark.parametrize("tweet_id", ["0", "7", "1999999999999999999", "9999999999999999999"])
@@ -283,20 +303,281 @@ def test_fuzz_any_data_id_is_a_valid_tweet_or_a_validate_dlq_record(
         assert rec.dlq
         assert headers["streamd_dlq_reason"] == b"decode"
         return
-    good_id = is_canonical(data["id"])
-    good_author = data.get("author_id") is None or is_canonical(data["author_id"])
-    if good_id and good_author:
+    assert all(type(name) is str and type(value) is bytes and header_safe(value)
+               for name, value in rec.headers)
+    if is_canonical(data["id"]):
         assert not rec.dlq
         assert rec.tweet_id == data["id"]
-        assert all(type(name) is str and type(value) is bytes for name, value in rec.headers)
         assert_downstream_safe(rec)
+        author = data.get("author_id")
+        assert headers.get("ce_subject") == (author.encode() if is_canonical(author) else None)
+        stamp = data.get("created_at")
+        assert headers["ce_time"] == (stamp.encode() if is_rfc3339(stamp) else READ_TIME)
     else:
         assert rec.dlq
         assert headers["streamd_dlq_reason"] == b"validate"
         assert len(headers["streamd_dlq_error"]) < 200
-        field = b"data.id" if not good_id else b"data.author_id"
-        assert headers["streamd_dlq_error"].startswith(field + b" must be")
+        assert headers["streamd_dlq_error"].startswith(b"data.id must be")
 
 
 def is_canonical(value: object) -> bool:
     return type(value) is str and CANONICAL_ID.fullmatch(value) is not None
+
+
+def is_rfc3339(value: object) -> bool:
+    """RFC 3339 section 5.6 date-time, spelt out independently of records.py."""
+    return type(value) is str and RFC3339_SHAPE.fullmatch(value) is not None
+
+
+# --- stream fields validated before they become headers (security issue, item 3) ----------
+
+
+@pytest.mark.parametrize("stamp", [
+    "2024-01-15T10:35:00.000Z",  # X's form
+    "2024-01-15T10:35:00Z",
+    "2024-01-15T10:35:00.123456789Z",
+    "2024-01-15T10:35:00+05:30",
+    "2024-01-15t10:35:00.5-08:00",
+    "2016-12-31T23:59:60Z",  # a leap second
+])
+def test_ce_time_is_created_at_when_it_is_rfc3339(stamp: str) -> None:
+    rec = interpret(tweet_line(created_at=stamp))
+    assert isinstance(rec, OutRecord)
+    assert dict(rec.headers)["ce_time"] == stamp.encode()
+
+
+@pytest.mark.parametrize("stamp", [
+    "Thu Aug 12 10:35:00 +0000 2021",  # v1.1's form
+    "2024-01-15 10:35:00Z",
+    "2024-13-01T10:35:00Z",
+    "2024-01-15T24:00:00Z",
+    "2024-01-15T10:35:00",  # no offset: not a point in time
+    "2024-01-15T10:35:00.1234567890Z",
+    "2024-01-15T10:35:00.000Z\r\nX-Injected: yes",
+    "2024-01-15T10:35:00.000Z\u202e",
+    "\uff12024-01-15T10:35:00Z",
+    "2024-01-15T10:35:00.000Z" + "0" * 1_000_000,
+    "",
+    1705314900,
+    None,
+    ["2024-01-15T10:35:00.000Z"],
+])
+def test_ce_time_falls_back_to_the_read_time_when_created_at_is_not_rfc3339(
+    stamp: object,
+) -> None:
+    rec = interpret(tweet_line(created_at=stamp))
+    assert isinstance(rec, OutRecord)
+    assert not rec.dlq  # a bad timestamp is not a bad tweet
+    assert dict(rec.headers)["ce_time"] == READ_TIME
+
+
+def rules_line(rules: object) -> bytes:
+    return orjson.dumps({"data": {"id": "5", "text": "x"}, "matching_rules": rules})
+
+
+def test_rule_ids_that_are_not_digit_strings_are_left_out_of_ce_ruleids() -> None:
+    ids: list[object] = ["1", 1356, "abc", "1\r\n2", True, 1.5, -1, 10**19, 10**19 - 1,
+                         "12345678901234567890", "\u0661", {"x": 1}, [1], None, ""]
+    rec = interpret(rules_line([{"id": i, "tag": "t"} for i in ids]))
+    assert isinstance(rec, OutRecord)
+    assert not rec.dlq
+    assert dict(rec.headers)["ce_ruleids"] == b"1,1356," + str(10**19 - 1).encode()
+
+
+def test_no_usable_rule_id_means_no_ce_ruleids() -> None:
+    rec = interpret(rules_line([{"id": "x1", "tag": "t"}, {"tag": "u"}]))
+    assert isinstance(rec, OutRecord)
+    headers = dict(rec.headers)
+    assert "ce_ruleids" not in headers
+    assert headers["ce_ruletags"] == b'["t","u"]'
+
+
+UNSAFE_TAGS = ["a\x00b", "a\rb", "a\nb", "a\tb", "a\x1bb", "a\x7fb", "a\x85b", "a\x9fb",
+               "a\u061cb", "a\u200eb", "a\u200fb", "a\u202eb", "a\u2066b", "a\u2069b",
+               "a\u2028b", "a\u2029b"]
+
+
+@pytest.mark.parametrize("bad", UNSAFE_TAGS)
+def test_tags_with_control_or_bidi_characters_are_left_out(bad: str) -> None:
+    good = ["cats", "猫 🐱", "a b", "cafe\u0301", "👨\u200d👩\u200d👧"]
+    rules = [{"id": "1", "tag": good[0]}, {"id": "2", "tag": bad}]
+    rules += [{"id": str(i), "tag": tag} for i, tag in enumerate(good[1:], 3)]
+    rec = interpret(rules_line(rules))
+    assert isinstance(rec, OutRecord)
+    assert not rec.dlq
+    headers = dict(rec.headers)
+    assert orjson.loads(headers["ce_ruletags"]) == good
+    assert rec.tags == tuple(good)
+    # the rule itself is still named: its id stays in ce_ruleids
+    assert headers["ce_ruleids"] == b"1,2,3,4,5,6"
+    assert header_safe(headers["ce_ruletags"])
+
+
+def test_rule_headers_are_bounded() -> None:
+    rules = [{"id": str(10**18 + i), "tag": f"tag-{i:05d}-" + "x" * 40} for i in range(5000)]
+    rules.insert(3, {"id": "7", "tag": "y" * 10_000})  # never fits: left out, not cut
+    rec = interpret(rules_line(rules))
+    assert isinstance(rec, OutRecord)
+    headers = dict(rec.headers)
+    ids = headers["ce_ruleids"].split(b",")
+    assert len(ids) == 100
+    assert len(headers["ce_ruleids"]) <= 100 * 20
+    tags = orjson.loads(headers["ce_ruletags"])
+    assert 0 < len(tags) <= 100
+    assert len(headers["ce_ruletags"]) <= 4096
+    assert all(tag.startswith("tag-") for tag in tags)
+    assert rec.tags == tuple(tags)
+    assert rec.size() < 12_000 + len(rec.value)
+
+
+def test_large_rule_sets_are_not_cached() -> None:
+    """The rule-header cache keeps 4,096 sets: it must not pin megabytes of hostile tags."""
+    from streamd import records
+
+    records._rule_headers.clear()
+    interpret(rules_line([{"id": "1", "tag": "cats-small"}]))
+    assert len(records._rule_headers) == 1
+    for n in range(20):
+        interpret(rules_line([{"id": str(i), "tag": "z" * 900 + f"{n}-{i}"} for i in range(3)]))
+    assert len(records._rule_headers) == 1
+
+
+def test_a_400_kb_id_is_a_dlq_record_with_a_bounded_error_not_a_400_kb_key() -> None:
+    line = id_line(b'"' + b"9" * 400_000 + b'"', b'"' + b"8" * 400_000 + b'"')
+    rec = interpret(line)
+    assert isinstance(rec, OutRecord)
+    assert rec.dlq
+    assert rec.key is None
+    assert rec.value is line
+    headers = dict(rec.headers)
+    assert headers["streamd_dlq_reason"] == b"validate"
+    assert headers["streamd_dlq_error"].endswith(b"(400000 characters)")
+    assert len(headers["streamd_dlq_error"]) < 200
+    assert rec.size() < len(line) + 400
+
+
+DUPLICATES = {
+    "adjacent": b'{"data":{"id":"1","id":"2","text":"x"}}',
+    "apart": b'{"data":{"id":"1","text":"x","lang":"en","id":"2"}}',
+    "same-value": b'{"data":{"id":"1","id":"1","text":"x"}}',
+    "whitespace": b'{"data":{"id":"1", "id" :\t"2"}}',
+    "escaped-key": b'{"data":{"id":"1","\\u0069d":"2"}}',
+    "escaped-d": b'{"data":{"i\\u0064":"1","id":"2"}}',
+    # a string "\u0022id" written by orjson as \"id": it would offset the raw count
+    "offset-by-escaped-quote": b'{"data":{"id":"1","id":"2","t":"\\u0022id"}}',
+    "with-rules": (b'{"data":{"author_id":"3","id":"1","id":"2"},'
+                   b'"matching_rules":[{"id":"9","tag":"t"}]}'),
+    "in-a-user": (b'{"data":{"id":"1","text":"x"},'
+                  b'"includes":{"users":[{"id":"3","name":"a","id":"4"}]}}'),
+    "in-a-rule": b'{"data":{"id":"1"},"matching_rules":[{"id":"9","id":"8","tag":"t"}]}',
+    "data-twice": b'{"data":{"id":"1","text":"x"},"data":{"id":"2","text":"y"}}',
+}
+
+
+@pytest.mark.parametrize("line", DUPLICATES.values(), ids=DUPLICATES.keys())
+def test_duplicate_id_keys_go_to_the_dlq_as_validate(line: bytes) -> None:
+    rec = interpret(line)
+    assert isinstance(rec, OutRecord)
+    assert rec.dlq, rec.headers
+    assert rec.key is None
+    headers = dict(rec.headers)
+    assert headers["streamd_dlq_reason"] == b"validate"
+    assert b'the key "id" more than once' in headers["streamd_dlq_error"]
+
+
+RICH_TWEET = orjson.dumps({
+    "data": {
+        "author_id": "2244994945", "conversation_id": "1460323737035677698",
+        "context_annotations": [
+            {"domain": {"id": "46", "name": "Brand Category"},
+             "entity": {"id": "781974596752842752", "name": "Services"}},
+            {"domain": {"id": "47", "name": "Brand"},
+             "entity": {"id": "10045225402", "name": "Twitter"}},
+        ],
+        "created_at": "2021-11-18T19:50:09.000Z",
+        "entities": {"mentions": [{"start": 0, "end": 8, "username": "TwitterDev",
+                                   "id": "2244994945"}]},
+        "id": "1460323737035677698",
+        "referenced_tweets": [{"type": "quoted", "id": "1460323737035677000"}],
+        "text": "say \"id\": it is \"id\" \\u0064 \u00e9 \u2014 id",
+    },
+    "includes": {
+        "users": [{"id": "2244994945", "name": "Twitter Dev", "username": "TwitterDev"}],
+        "tweets": [{"id": "1460323737035677000", "text": "quoted \"id",
+                    "entities": {"mentions": [{"id": "1", "username": "a"}]}}],
+        "places": [{"id": "01a9a39529b27f36", "full_name": "Manhattan, NY"}],
+    },
+    "matching_rules": [{"id": "1", "tag": "id"}, {"id": "2", "tag": "\"id\""}],
+})
+
+NOT_DUPLICATES = {
+    "text-is-id": b'{"data":{"id":"1","text":"id"}}',
+    "quoted-id-in-text": b'{"data":{"id":"1","text":"say \\"id\\" now"}}',
+    "text-ends-in-quoted-id": b'{"data":{"id":"1","text":"x \\"id"}}',
+    "escaped-d-in-text": b'{"data":{"id":"1","text":"\\u0064one"}}',
+    "escaped-latin": b'{"data":{"id":"1","text":"caf\\u00e9"}}',
+    "nested-ids": b'{"data":{"id":"1","x":{"id":"2","y":[{"id":"3"},{"id":"4"}]}}}',
+    "rich": RICH_TWEET,
+    "spaced": b'{ "data" : { "id" : "1" , "text" : "x" } , "matching_rules" : [ ] }',
+}
+
+
+@pytest.mark.parametrize("line", NOT_DUPLICATES.values(), ids=NOT_DUPLICATES.keys())
+def test_lines_without_duplicate_ids_are_tweets(line: bytes) -> None:
+    rec = interpret(line)
+    assert isinstance(rec, OutRecord)
+    assert not rec.dlq, rec.headers
+
+
+def test_nesting_too_deep_to_check_is_refused_with_its_reason() -> None:
+    deep = b'{"x":' * 300 + b'{"id":"2"}' + b"}" * 300
+    line = b'{"data":{"id":"1","deep":' + deep + b"}}"
+    rec = interpret(line)
+    assert isinstance(rec, OutRecord)
+    assert rec.dlq
+    assert dict(rec.headers)["streamd_dlq_error"] == (
+        b'too deeply nested to check for a duplicate "id" key')
+
+
+def test_dlq_error_header_is_escaped_and_cut_inside_no_character() -> None:
+    from streamd.records import dlq_record
+
+    rec = dlq_record(b"x", "decode", "bad\r\nX-Injected: 1\x00\u202e" + "\u00e9" * 2000,
+                     read_ms=0, read_at=0.0)
+    error = dict(rec.headers)["streamd_dlq_error"]
+    assert error.startswith(b"bad\\r\\nX-Injected: 1\\x00\\u202e\xc3\xa9")
+    assert len(error) <= 1024
+    error.decode("utf-8")  # whole characters only
+    assert header_safe(error)
+
+
+# Tags and timestamps for the fuzz below: near misses of the valid forms, and hostile text.
+_stamps = st.one_of(st.from_regex(RFC3339_SHAPE, fullmatch=True), st.text(max_size=40),
+                    st.from_regex(RFC3339_SHAPE, fullmatch=True).map(lambda s: s + "\n"))
+_tags = st.one_of(st.none(), st.text(max_size=20), st.integers(-(2**63), 2**63 - 1),
+                 st.sampled_from(UNSAFE_TAGS))
+_rule_ids = st.one_of(st.none(), st.booleans(), st.integers(-5, 2**64 - 1), st.floats(),
+                      st.text(max_size=21), st.from_regex(r"[0-9]{1,19}", fullmatch=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(stamp=_stamps, rules=st.lists(st.fixed_dictionaries({"id": _rule_ids, "tag": _tags}),
+                                     max_size=8))
+def test_fuzz_every_header_from_stream_data_is_safe(stamp: str, rules: list[object]) -> None:
+    line = orjson.dumps({"data": {"id": "5", "created_at": stamp, "text": "x"},
+                         "matching_rules": rules})
+    rec = interpret(line)
+    assert isinstance(rec, OutRecord)
+    assert not rec.dlq
+    headers = dict(rec.headers)
+    for value in headers.values():
+        assert header_safe(value)
+        value.decode("utf-8")
+    assert headers["ce_time"] == (stamp.encode() if is_rfc3339(stamp) else READ_TIME)
+    want_ids = [str(r["id"]) for r in rules  # type: ignore[index]
+                if (type(r["id"]) is int and 0 <= r["id"] < 10**19)  # type: ignore[index]
+                or (type(r["id"]) is str and re.fullmatch(r"[0-9]{1,19}", r["id"]))]  # type: ignore[index]
+    assert headers.get("ce_ruleids") == (",".join(want_ids).encode() if want_ids else None)
+    for tag in rec.tags:
+        assert not re.search("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                             "\u202a-\u202e\u2066-\u2069]", tag)
