@@ -159,6 +159,10 @@ def new_topic(broker: LocalBroker, name: str) -> str:
     return name
 
 
+# Set to a source tree's root to run the daemon from it (see DaemonProc).
+DAEMON_TREE_ENV = "STREAMD_BENCH_DAEMON_TREE"
+
+
 @dataclass
 class DaemonProc:
     """`streamd run -c CONFIG` (or the exact-latency shim) as a child process."""
@@ -176,6 +180,11 @@ class DaemonProc:
     def __post_init__(self) -> None:
         env = {**os.environ, **self.env}
         env.pop("NOTIFY_SOCKET", None)
+        # A/B runs: the daemon (only the daemon; the bench, simulator and broker stay this
+        # checkout's) from another source tree, e.g. a `git worktree` of an older commit.
+        other = os.environ.get(DAEMON_TREE_ENV)
+        if other:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (other, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module, "run", "-c", str(self.config_path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
