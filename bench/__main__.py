@@ -23,7 +23,7 @@ from bench.profile import summarise
 from bench.throughput import ceilings as run_ceilings
 from bench.throughput import e2e, py_spy_binary
 from bench.throughput import peers as run_peers
-from streamd.broker import LocalBroker
+from streamd.dev.broker import LocalBroker
 
 PARTS = ("e2e", "ceilings", "peers", "latency", "memory", "profile")
 RESULTS = Path(__file__).with_name("RESULTS.md")

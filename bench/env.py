@@ -52,7 +52,7 @@ def _librdkafka() -> str:
 
 def _tansu() -> str:
     try:
-        from streamd.broker import broker_binary
+        from streamd.dev.broker import broker_binary
 
         out = subprocess.run([broker_binary(), "--version"], capture_output=True, timeout=10,
                              check=False)

@@ -17,8 +17,8 @@ from typing import Any
 from bench.latency_shim import read_samples
 from bench.rig import DaemonProc, daemon_config, latency_buckets, load_average, new_topic, simulator
 from bench.stats import bucket_diff, exact_percentile, histogram_percentile
-from streamd.broker import LocalBroker
-from streamd.metrics import PUBLISH_LATENCY_BUCKETS
+from streamd.dev.broker import LocalBroker
+from streamd.ops.metrics import PUBLISH_LATENCY_BUCKETS
 
 QUANTILES = (0.5, 0.99, 0.999)
 

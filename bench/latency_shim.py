@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from streamd import metrics as streamd_metrics
+from streamd.ops import metrics as streamd_metrics
 
 _values = array.array("d")
 _times = array.array("d")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.rig import DaemonProc, RssSampler, daemon_config, load_average, new_topic, simulator
-from streamd.broker import LocalBroker
+from streamd.dev.broker import LocalBroker
 
 BASE_RATE = 2_000
 BURST_RATE = 20_000

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import streamd.publisher
+import streamd.kafka.publisher
 
 # Targets from the benchmark brief (issues 3 and 7).
 E2E_VS_CONFLUENT = 0.6
@@ -28,7 +28,7 @@ def _verdict(ok: bool | None) -> str:
 
 
 def spool_integrated() -> bool:
-    source = Path(streamd.publisher.__file__).read_text()
+    source = Path(streamd.kafka.publisher.__file__).read_text()
     return "Spool" in source
 
 
@@ -180,7 +180,7 @@ def _memory(mem: dict[str, Any]) -> list[str]:
            "Daemon log events during the pause: "
            + (", ".join(f"`{k}` x{v}" for k, v in sorted(mem["events_in_pause"].items()))
               or "none") + ".",
-           f"Spool integrated in streamd/publisher.py at run time: "
+           f"Spool integrated in streamd/kafka/publisher.py at run time: "
            f"{'yes' if spool_integrated() else 'no — this is the in-memory behaviour'}.",
            "", "<details><summary>RSS series (t s, MB)</summary>", "",
            " ".join(f"{t}:{mb}" for t, mb in mem["series"]), "", "</details>",

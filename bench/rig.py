@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import psutil  # type: ignore[import-untyped]
 
-from streamd.broker import LocalBroker
+from streamd.dev.broker import LocalBroker
 
 TOKEN = "test-token"
 # Tagged: tweepy's StreamResponse parsing raises KeyError('tag') on untagged matching_rules.

@@ -26,7 +26,7 @@ from bench.rig import (
     runqueue_wait_seconds,
     simulator,
 )
-from streamd.broker import LocalBroker
+from streamd.dev.broker import LocalBroker
 
 
 def py_spy_binary() -> str:

@@ -18,9 +18,9 @@ from typing import NoReturn
 from streamd import __version__
 from streamd.config import MissingSecretError, Settings, load_settings
 from streamd.errors import ConfigError, StreamdError
-from streamd.logs import configure_logging, current_level, get_logger, redact, register_secret
+from streamd.ops.logs import configure_logging, current_level, get_logger, redact, register_secret
+from streamd.ops.terminal import printable, printable_lines
 from streamd.reasons import ExitCode
-from streamd.terminal import printable, printable_lines
 
 PROG = "streamd"
 # Commands that take the rest of the command line unparsed and own their options.
@@ -122,18 +122,18 @@ def _run(settings: Settings) -> int:
 
 
 def _rules(settings: Settings, args: argparse.Namespace) -> int:
-    rules_command = _entry_point("streamd.rules_cli", "rules_command")
+    rules_command = _entry_point("streamd.commands.rules", "rules_command")
     return rules_command(settings, args.action, dry_run=args.dry_run, as_json=args.as_json)
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
-    return _entry_point("streamd.check", "check_command")(settings, as_json=args.as_json)
+    return _entry_point("streamd.commands.check", "check_command")(settings, as_json=args.as_json)
 
 
 def _passthrough(command: str, argv: list[str]) -> int:
     if command == "simulate":
         return _entry_point("streamd.simulator.cli", "main")(argv)
-    return _entry_point("streamd.demo", "main")(argv)
+    return _entry_point("streamd.dev.demo", "main")(argv)
 
 
 def _dispatch(argv: list[str]) -> int:

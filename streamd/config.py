@@ -38,7 +38,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from streamd.errors import ConfigError
-from streamd.terminal import printable
+from streamd.ops.terminal import printable
 
 DEFAULT_CONFIG_PATH = "/etc/streamd/streamd.toml"
 CONFIG_PATH_ENV = "STREAMD_CONFIG"
@@ -165,7 +165,7 @@ def _char_problem(text: str, kind: _SecretKind) -> str | None:
             return f"a non-ASCII character at character {index}"
         if printable(char) != char:
             # Bidi controls and line separators: never part of a password, and shown as
-            # escapes everywhere else (streamd.terminal).
+            # escapes everywhere else (streamd.ops.terminal).
             return f"a control character (U+{code:04X}) at character {index}"
     return None
 
@@ -574,7 +574,7 @@ _BACKOFF_FLOORS = {
 
 
 class BackoffSettings(_Section):
-    """Seconds. Field names match streamd.backoff.BackoffSettings, so
+    """Seconds. Field names match streamd.x.reconnect.BackoffSettings, so
     `backoff.BackoffSettings(**settings.backoff.model_dump())` works."""
 
     network_step: float = Field(default=0.25, ge=0)

@@ -26,20 +26,20 @@ import httpx
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from streamd import sdnotify
-from streamd.backoff import BackoffSettings, ReconnectPolicy
 from streamd.config import Settings, load_settings
 from streamd.dedup import Deduplicator
 from streamd.errors import ConfigError, CredentialsError, RulesError, StreamdError
-from streamd.http_server import OpsApp, serve_ops
-from streamd.logs import get_logger
-from streamd.metrics import Metrics
-from streamd.publisher import KafkaPublisher
+from streamd.kafka.publisher import KafkaPublisher
+from streamd.kafka.spool import Spool
+from streamd.ops import sdnotify
+from streamd.ops.http import OpsApp, serve_ops
+from streamd.ops.logs import get_logger
+from streamd.ops.metrics import Metrics
 from streamd.reasons import ExitCode
 from streamd.records import OutRecord
-from streamd.rules import RulesApi, sync_configured_rules
-from streamd.spool import Spool
-from streamd.stream import StreamReader, make_client, queue_batches
+from streamd.x.reconnect import BackoffSettings, ReconnectPolicy
+from streamd.x.rules import RulesApi, sync_configured_rules
+from streamd.x.stream import StreamReader, make_client, queue_batches
 
 # The duplicate window: reconnect overlaps and backfill (at most 5 minutes) fall inside it.
 DEDUP_WINDOW_S = 900.0

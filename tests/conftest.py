@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from rig import DaemonProcess, write_toml
 
-from streamd.broker import LocalBroker
+from streamd.dev.broker import LocalBroker
 
 _topic_ids = itertools.count()
 
@@ -71,6 +71,6 @@ def _fresh_logging() -> Iterator[None]:
     """Logging is process-global: a test that points it at a captured stream must not leave
     later tests writing to that (then closed) stream."""
     yield
-    from streamd.logs import configure_logging
+    from streamd.ops.logs import configure_logging
 
     configure_logging("info", "json")

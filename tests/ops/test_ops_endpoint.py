@@ -37,9 +37,9 @@ import functools, resource, signal, sys
 import anyio, orjson
 _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, ({FD_LIMIT}, hard))
-from streamd.http_server import OpsApp, serve_ops
-from streamd.logs import configure_logging
-from streamd.metrics import Metrics
+from streamd.ops.http import OpsApp, serve_ops
+from streamd.ops.logs import configure_logging
+from streamd.ops.metrics import Metrics
 
 configure_logging("info", "json")
 
@@ -58,7 +58,7 @@ async def main() -> None:
     async with anyio.create_task_group() as tg:
         serve = serve_ops
         if limits is not None:
-            from streamd.http_server import OpsLimits
+            from streamd.ops.http import OpsLimits
             serve = functools.partial(serve_ops, limits=OpsLimits(**limits))
         port = await tg.start(serve, app, "127.0.0.1:0")
         if sys.argv[2:] == ["hog"]:
@@ -379,8 +379,8 @@ def test_listen_addresses(tmp_path: Path, listen: str) -> None:
         pytest.skip("no IPv6")
     code = (
         "import anyio\n"
-        "from streamd.http_server import OpsApp, serve_ops\n"
-        "from streamd.metrics import Metrics\n"
+        "from streamd.ops.http import OpsApp, serve_ops\n"
+        "from streamd.ops.metrics import Metrics\n"
         "async def main():\n"
         "    async with anyio.create_task_group() as tg:\n"
         f"        port = await tg.start(serve_ops, OpsApp(Metrics().asgi_app(), lambda: None),"

@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from streamd import sdnotify
+from streamd.ops import sdnotify
 
 
 def _receive(sock: socket.socket) -> str:

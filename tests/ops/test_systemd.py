@@ -124,7 +124,7 @@ _MDWE_SCRIPT = textwrap.dedent(
         pass
     import anyio, httpx, orjson, pydantic, structlog, prometheus_client, uvicorn, h2
     import aiokafka, aiokafka.codec as codec
-    import streamd, streamd.sdnotify
+    import streamd, streamd.ops.sdnotify
 
     class Rule(pydantic.BaseModel):
         value: str

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from rig import daemon_config, write_toml
 
-from streamd.broker import LocalBroker, free_port
-from streamd.check import (
+from streamd.cli import main
+from streamd.commands.check import (
     CHECK_NAMES,
     TIER_FIX,
     USER_CONTEXT_FIX,
@@ -28,8 +28,8 @@ from streamd.check import (
     describe_reset,
     judge_rate_limits,
 )
-from streamd.cli import main
 from streamd.config import load_settings
+from streamd.dev.broker import LocalBroker, free_port
 from streamd.simulator import Simulator, SimulatorConfig
 
 GOOD_TOKEN = "good-T0ken-for-check-tests"

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from rig import DaemonProcess, daemon_config, metric, read_topic, simulator
 
-from streamd.broker import LocalBroker, free_port
+from streamd.dev.broker import LocalBroker, free_port
 from streamd.simulator import ConnectFault, Fault, Simulator, SimulatorConfig
 
 pytestmark = pytest.mark.broker

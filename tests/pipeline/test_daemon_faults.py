@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rig import DaemonProcess, daemon_config, metric, read_topic, simulator, wait_until
 
-from streamd.broker import LocalBroker
+from streamd.dev.broker import LocalBroker
 from streamd.simulator import Fault, Simulator
 
 pytestmark = pytest.mark.broker

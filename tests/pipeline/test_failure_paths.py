@@ -25,7 +25,7 @@ from rig import (
     wait_until,
 )
 
-from streamd.broker import LocalBroker
+from streamd.dev.broker import LocalBroker
 from streamd.simulator import ConnectFault, Fault, RulesFault, Simulator
 from streamd.simulator.tls import TestCertificates, make_test_certificates
 

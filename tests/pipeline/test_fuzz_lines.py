@@ -16,9 +16,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from rig import DaemonProcess, daemon_config, read_topic
 
-from streamd.broker import LocalBroker
-from streamd.records import OutRecord, interpret_line
+from streamd.dev.broker import LocalBroker
+from streamd.records import OutRecord
 from streamd.simulator import Fault, Simulator, SimulatorConfig
+from streamd.x.lines import interpret_line
 
 pytestmark = pytest.mark.broker
 

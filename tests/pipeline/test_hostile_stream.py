@@ -20,7 +20,7 @@ import orjson
 import pytest
 from rig import DaemonProcess, daemon_config, metric, read_topic, simulator, wait_until
 
-from streamd.broker import LocalBroker
+from streamd.dev.broker import LocalBroker
 from streamd.simulator import Fault, RulesFault, Simulator
 
 pytestmark = pytest.mark.broker

@@ -12,12 +12,13 @@ import anyio
 import orjson
 import pytest
 
-from streamd.broker import LocalBroker, free_port
 from streamd.config import KafkaSettings
-from streamd.logs import configure_logging, get_logger
-from streamd.metrics import Metrics
-from streamd.publisher import KafkaPublisher
-from streamd.records import OutRecord, interpret_line
+from streamd.dev.broker import LocalBroker, free_port
+from streamd.kafka.publisher import KafkaPublisher
+from streamd.ops.logs import configure_logging, get_logger
+from streamd.ops.metrics import Metrics
+from streamd.records import OutRecord
+from streamd.x.lines import interpret_line
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ class Attempts:
     signalling each failed producer start, logged or not."""
 
     def __init__(self) -> None:
-        self._log = get_logger("streamd.publisher")
+        self._log = get_logger("streamd.kafka.publisher")
         self.failed = 0
         self.changed = anyio.Event()
 
@@ -101,7 +102,7 @@ def test_kafka_answering_at_start_up_is_not_a_recovery(
     metrics = Metrics()
 
     async def main() -> KafkaPublisher:
-        publisher = KafkaPublisher(settings, metrics, get_logger("streamd.publisher"))
+        publisher = KafkaPublisher(settings, metrics, get_logger("streamd.kafka.publisher"))
         send, receive = anyio.create_memory_object_stream[list[OutRecord]](16)
         async with anyio.create_task_group() as tg:
             tg.start_soon(publisher.run, receive)

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from rig import DaemonProcess, daemon_config, metric, read_topic, wait_until
 
-from streamd.broker import LocalBroker
+from streamd.dev.broker import LocalBroker
 from streamd.simulator import Fault, Simulator, SimulatorConfig
 
 pytestmark = pytest.mark.broker

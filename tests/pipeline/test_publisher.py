@@ -13,9 +13,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from rig import read_topic
 
 from streamd.config import KafkaSettings
-from streamd.logs import get_logger
-from streamd.metrics import Metrics
-from streamd.publisher import (
+from streamd.kafka.publisher import (
     DLQ_TRUNCATED_HEADER,
     KafkaPublisher,
     ShutdownOutcome,
@@ -23,7 +21,10 @@ from streamd.publisher import (
     fit_to_request,
     record_bytes,
 )
-from streamd.records import OutRecord, interpret_line
+from streamd.ops.logs import get_logger
+from streamd.ops.metrics import Metrics
+from streamd.records import OutRecord
+from streamd.x.lines import interpret_line
 
 pytestmark = pytest.mark.broker
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from rig import DaemonProcess, daemon_config, read_topic
 
-from streamd.broker import LocalBroker
+from streamd.dev.broker import LocalBroker
 from streamd.simulator import Fault, Simulator, SimulatorConfig
 
 pytestmark = pytest.mark.broker

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from rig import DaemonProcess, daemon_config, simulator, write_toml
 
-from streamd.broker import LocalBroker, free_port
+from streamd.dev.broker import LocalBroker, free_port
 from streamd.simulator import ConnectFault, Fault, RulesFault, Simulator
 
 # Distinctive: only the secret itself holds "h18Pipe", so the search finds it in any form

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from rig import DaemonProcess, daemon_config, metric, read_topic, simulator, wait_until
 
-from streamd.broker import LocalBroker
+from streamd.dev.broker import LocalBroker
 from streamd.simulator import Simulator
 
 pytestmark = pytest.mark.broker

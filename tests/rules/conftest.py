@@ -9,7 +9,7 @@ import httpx
 import pytest
 from rules_fakes import FakeClock, FakeX
 
-from streamd.rules import RulesApi
+from streamd.x.rules import RulesApi
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from rules_fakes import PROBLEMS, FakeClock, FakeX
 
 from streamd.config import RuleSpec
 from streamd.errors import CredentialsError
-from streamd.metrics import Metrics
-from streamd.rules import RulesApi, RulesSyncError, ServerRule
+from streamd.ops.metrics import Metrics
+from streamd.x.rules import RulesApi, RulesSyncError, ServerRule
 
 MakeApi = Callable[..., RulesApi]
 

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from streamd.commands.rules import rules_command
 from streamd.config import Settings
-from streamd.rules import RulesApi
-from streamd.rules_cli import rules_command
 from streamd.simulator import Simulator, SimulatorConfig
+from streamd.x.rules import RulesApi
 
 CLEAR_AND_FAKE = "\x1b[2J\r[ OK ] token"
 HOSTILE_RULES = [

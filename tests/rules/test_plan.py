@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from streamd.config import RuleSpec
-from streamd.rules import ServerRule, batches, check_locally, plan_rules
+from streamd.x.rules import ServerRule, batches, check_locally, plan_rules
 
 
 def spec(value: str, tag: str | None = None) -> RuleSpec:

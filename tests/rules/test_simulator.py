@@ -11,13 +11,13 @@ import anyio
 import httpx
 import pytest
 
+from streamd.commands.rules import rules_command
 from streamd.config import Settings
-from streamd.logs import get_logger
-from streamd.metrics import Metrics
-from streamd.rules import RulesApi, RulesSyncError, SyncResult, sync_configured_rules
-from streamd.rules_cli import rules_command
+from streamd.ops.logs import get_logger
+from streamd.ops.metrics import Metrics
 from streamd.simulator import Simulator, SimulatorConfig
-from streamd.stream import make_client
+from streamd.x.rules import RulesApi, RulesSyncError, SyncResult, sync_configured_rules
+from streamd.x.stream import make_client
 
 CONFIGURED = [("keep", "k"), ("new has:images", "n"), ("retag", "new"), ("plain", None)]
 

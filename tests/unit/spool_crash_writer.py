@@ -16,7 +16,7 @@ import random
 import sys
 from pathlib import Path
 
-from streamd.spool import Spool, SpoolEntry
+from streamd.kafka.spool import Spool, SpoolEntry
 
 MAX_BATCH = 40
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from streamd.backoff import MAX_RESET_WAIT, BackoffSettings, ReconnectPolicy
-from streamd.classify import Classification
 from streamd.errors import FatalDisconnect
 from streamd.reasons import ExitCode, Reason
+from streamd.x.classify import Classification
+from streamd.x.reconnect import MAX_RESET_WAIT, BackoffSettings, ReconnectPolicy
 
 
 class FakeClock:

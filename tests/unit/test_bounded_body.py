@@ -1,4 +1,4 @@
-"""streamd.bounded: bodies inflated in bounded slices, answers read with a cap."""
+"""streamd.x.body: bodies inflated in bounded slices, answers read with a cap."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 
-from streamd.bounded import (
+from streamd.x.body import (
     ANSWER_MAX_BYTES,
     SLICE_BYTES,
     AnswerTooLarge,
@@ -220,7 +220,7 @@ def test_the_rules_client_refuses_an_oversized_answer_as_a_transient_server_erro
     """RulesApi reads every answer with the cap: 20 MiB of rules is refused, retried as a
     server_error, and never buffered (the raw path: a network-like stream)."""
     from streamd.errors import RulesError
-    from streamd.rules import RulesApi
+    from streamd.x.rules import RulesApi
 
     page = b'{"data":[' + b'{"id":"1","value":"x"},' * (1 << 20) + b'{"id":"2","value":"y"}]}'
     calls: list[str] = []

@@ -13,7 +13,8 @@ import httpx
 import orjson
 import pytest
 
-from streamd.classify import (
+from streamd.reasons import Reason
+from streamd.x.classify import (
     Classification,
     StallDetected,
     classify_connect_response,
@@ -23,7 +24,6 @@ from streamd.classify import (
     header_number,
     problem_slug,
 )
-from streamd.reasons import Reason
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "x_error_bodies.jsonl"
 CASES: list[dict[str, Any]] = [

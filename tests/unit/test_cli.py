@@ -15,7 +15,7 @@ import pytest
 from streamd import __version__
 from streamd.cli import main
 from streamd.errors import CredentialsError
-from streamd.logs import clear_secrets, configure_logging
+from streamd.ops.logs import clear_secrets, configure_logging
 
 TOKEN = "AAAAcli-secret-token%3Dxyz"
 
@@ -111,7 +111,8 @@ def test_config_from_environment_variable(
     config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     seen: list[Any] = []
-    fake_module(monkeypatch, "streamd.check", check_command=lambda s, as_json: seen.append(s) or 0)
+    fake_module(monkeypatch, "streamd.commands.check",
+                check_command=lambda s, as_json: seen.append(s) or 0)
     monkeypatch.setenv("STREAMD_CONFIG", str(config))
     assert main(["check"]) == 0
     assert seen[0].source_path == config
@@ -124,14 +125,14 @@ def test_dispatch_run_rules_check(
     fake_module(monkeypatch, "streamd.daemon", run_daemon=lambda s: calls.append(("run", s)) or 0)
     fake_module(
         monkeypatch,
-        "streamd.rules_cli",
+        "streamd.commands.rules",
         rules_command=lambda s, action, dry_run, as_json: (
             calls.append(("rules", action, dry_run, as_json)) or 1
         ),
     )
     fake_module(
         monkeypatch,
-        "streamd.check",
+        "streamd.commands.check",
         check_command=lambda s, as_json: calls.append(("check", as_json)) or 0,
     )
     assert main(["run", "-c", str(config)]) == 0
@@ -186,15 +187,15 @@ def test_unexpected_exception_exits_70_with_one_line(
 def test_missing_command_module_exits_70(
     config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "streamd.check", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "streamd.commands.check", None)  # makes the import fail
     assert main(["check", "-c", str(config)]) == 70
-    assert "streamd.check" in capsys.readouterr().err
+    assert "streamd.commands.check" in capsys.readouterr().err
 
 
 def test_passthrough_commands_get_raw_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, list[str]]] = []
     fake_module(monkeypatch, "streamd.simulator.cli", main=lambda a: calls.append(("sim", a)) or 0)
-    fake_module(monkeypatch, "streamd.demo", main=lambda a: calls.append(("demo", a)) or 3)
+    fake_module(monkeypatch, "streamd.dev.demo", main=lambda a: calls.append(("demo", a)) or 3)
     assert main(["simulate", "--port", "0", "--help"]) == 0
     assert main(["demo", "-c", "whatever", "--tweets", "5"]) == 3
     assert calls == [
@@ -213,8 +214,8 @@ def test_empty_sync_is_refused_only_by_commands_that_apply_rules(
                     encoding="utf-8")
     ran: list[str] = []
     fake_module(monkeypatch, "streamd.daemon", run_daemon=lambda s: ran.append("run") or 0)
-    fake_module(monkeypatch, "streamd.check", check_command=lambda s, as_json: 0)
-    fake_module(monkeypatch, "streamd.rules_cli",
+    fake_module(monkeypatch, "streamd.commands.check", check_command=lambda s, as_json: 0)
+    fake_module(monkeypatch, "streamd.commands.rules",
                 rules_command=lambda s, action, dry_run, as_json: ran.append(action) or 0)
     for argv in (["run"], ["check"], ["rules", "sync"], ["rules", "sync", "--dry-run"]):
         assert main([*argv, "-c", str(path)]) == 78
@@ -242,9 +243,9 @@ def _token_file_config(tmp_path: Path, token_file: str) -> Path:
 def _fake_commands(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     ran: list[str] = []
     fake_module(monkeypatch, "streamd.daemon", run_daemon=lambda s: ran.append("run") or 0)
-    fake_module(monkeypatch, "streamd.check",
+    fake_module(monkeypatch, "streamd.commands.check",
                 check_command=lambda s, as_json: ran.append("check") or 0)
-    fake_module(monkeypatch, "streamd.rules_cli",
+    fake_module(monkeypatch, "streamd.commands.rules",
                 rules_command=lambda s, action, dry_run, as_json: ran.append(action) or 0)
     return ran
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamd.framing import Frame, LineFramer, Oversize
+from streamd.x.framing import Frame, LineFramer, Oversize
 
 TWEET = b'{"data":{"id":"1","text":"hi","edit_history_tweet_ids":["1"]},"matching_rules":[]}'
 OP_DISCONNECT = (

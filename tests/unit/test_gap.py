@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streamd.spool import Spool
-from streamd.stream import Gap, backfill_for_gap
+from streamd.kafka.spool import Spool
+from streamd.x.stream import Gap, backfill_for_gap
 
 
 @pytest.mark.parametrize(

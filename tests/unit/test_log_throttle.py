@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streamd.logs import THROTTLE_INTERVAL_S, LogThrottle, configure_logging, get_logger
+from streamd.ops.logs import THROTTLE_INTERVAL_S, LogThrottle, configure_logging, get_logger
 
 
 class Clock:
@@ -42,7 +42,7 @@ def lines(out: io.StringIO) -> list[dict[str, Any]]:
 def test_a_repeat_goes_out_once_per_interval_with_the_count_of_what_was_dropped(
     out: io.StringIO, clock: Clock,
 ) -> None:
-    log = get_logger("streamd.publisher")
+    log = get_logger("streamd.kafka.publisher")
     for _ in range(20):  # twice a second for 10 s: Kafka down
         log.warning("kafka.start_failed", error="Unable to bootstrap")
         clock.now += 0.5

@@ -1,4 +1,4 @@
-"""streamd.logs: one JSON object per line, fixed head keys, secrets scrubbed everywhere."""
+"""streamd.ops.logs: one JSON object per line, fixed head keys, secrets scrubbed everywhere."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from streamd.logs import (
+from streamd.ops.logs import (
     clear_secrets,
     configure_logging,
     current_level,

@@ -1,4 +1,4 @@
-"""streamd.metrics: exact names from interface.md, private registries, zero series."""
+"""streamd.ops.metrics: exact names from interface.md, private registries, zero series."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamd.metrics import Metrics
+from streamd.ops.metrics import Metrics
 from streamd.reasons import Reason
 
 INTERFACE_METRICS = {
@@ -192,8 +192,9 @@ def test_rule_tags_are_counted_only_through_the_bounded_counter() -> None:
     import ast
     import inspect
 
-    from streamd import metrics as metrics_module
-    from streamd import publisher, rules, stream
+    from streamd.kafka import publisher
+    from streamd.ops import metrics as metrics_module
+    from streamd.x import rules, stream
 
     fixed = {"reason", "kind", "covered_by", "endpoint", "version", "rule_tag"}
     for module in (stream, publisher, rules):

@@ -5,7 +5,7 @@ from aiokafka.partitioner import murmur2 as reference
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamd.partitioner import murmur2, partition_for
+from streamd.kafka.partitioner import murmur2, partition_for
 
 
 @given(st.binary(max_size=64))

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from aiokafka import errors
 
-from streamd.publisher import (
+from streamd.kafka.publisher import (
     BATCH_HEADER_BYTES,
     DLQ_TRUNCATED_HEADER,
     Group,
@@ -21,7 +21,8 @@ from streamd.publisher import (
     resolve_refused,
     truncated_dlq,
 )
-from streamd.records import OutRecord, dlq_record, interpret_line
+from streamd.records import OutRecord, dlq_record
+from streamd.x.lines import interpret_line
 
 
 def tweet(i: int, text_bytes: int = 50) -> OutRecord:

@@ -15,11 +15,12 @@ import orjson
 import pytest
 
 from streamd.config import KafkaSettings
-from streamd.logs import get_logger
-from streamd.metrics import Metrics
-from streamd.publisher import KafkaPublisher, ShutdownOutcome
-from streamd.records import OutRecord, interpret_line
-from streamd.spool import Spool
+from streamd.kafka.publisher import KafkaPublisher, ShutdownOutcome
+from streamd.kafka.spool import Spool
+from streamd.ops.logs import get_logger
+from streamd.ops.metrics import Metrics
+from streamd.records import OutRecord
+from streamd.x.lines import interpret_line
 
 # Longer than any test: a wait on Kafka that is not cut by the shutdown shows as a hang.
 PUBLISH_TIMEOUT = 60.0

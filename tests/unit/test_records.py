@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamd.dedup import Deduplicator
-from streamd.partitioner import partition_for
+from streamd.kafka.partitioner import partition_for
 from streamd.reasons import Reason
-from streamd.records import ErrorMessage, OutRecord, interpret_line, rfc3339_ms
+from streamd.records import OutRecord, rfc3339_ms
+from streamd.x.lines import ErrorMessage, interpret_line
 
 SOURCE = b"https://api.x.com/2/tweets/search/stream"
 
@@ -432,7 +433,7 @@ def test_rule_headers_are_bounded() -> None:
 
 def test_large_rule_sets_are_not_cached() -> None:
     """The rule-header cache keeps 4,096 sets: it must not pin megabytes of hostile tags."""
-    from streamd import records
+    from streamd.x import lines as records
 
     records._rule_headers.clear()
     interpret(rules_line([{"id": "1", "tag": "cats-small"}]))

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from streamd.cli import main
 from streamd.config import Settings
 from streamd.errors import ConfigError
-from streamd.logs import clear_secrets, configure_logging, redact, register_secret
+from streamd.ops.logs import clear_secrets, configure_logging, redact, register_secret
 
 # Every marker starts and ends with these, so no fixed wording of a message can contain a
 # marker or either half of one.
@@ -166,9 +166,9 @@ def test_every_command_stops_on_a_bad_token_file_without_showing_it(
 
     fakes = {
         "streamd.daemon": types.SimpleNamespace(run_daemon=lambda s: command("run", s)),
-        "streamd.check": types.SimpleNamespace(
+        "streamd.commands.check": types.SimpleNamespace(
             check_command=lambda s, as_json: command("check", s)),
-        "streamd.rules_cli": types.SimpleNamespace(
+        "streamd.commands.rules": types.SimpleNamespace(
             rules_command=lambda s, action, dry_run, as_json: command(action, s)),
     }
     err, out = io.StringIO(), io.StringIO()
@@ -205,7 +205,7 @@ def test_every_command_stops_on_a_bad_token_file_without_showing_it(
 
 
 def _forms(secret: str) -> list[str]:
-    from streamd.terminal import printable  # new with this change: imported where used
+    from streamd.ops.terminal import printable  # new with this change: imported where used
 
     return [
         secret,

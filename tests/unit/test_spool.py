@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamd.errors import StreamdError
-from streamd.spool import (
+from streamd.kafka.spool import (
     DB_NAME,
     Spool,
     SpoolEntry,
@@ -322,7 +322,7 @@ def test_one_spool_per_directory_at_a_time(tmp_path: Path) -> None:
 def test_the_lock_dies_with_its_process_even_by_sigkill(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from streamd.spool import Spool; "
+         "import sys, time; from streamd.kafka.spool import Spool; "
          f"s = Spool({str(tmp_path)!r}, max_bytes=100); print('ready', flush=True); "
          "time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,

@@ -1,4 +1,4 @@
-"""streamd.terminal and the printers that use it: text from X (problem details, rule values
+"""streamd.ops.terminal and the printers that use it: text from X (problem details, rule values
 and tags, error messages) is shown, never obeyed, by a terminal."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamd.check import (
+from streamd.commands.check import (
     CheckResult,
     Status,
     XAnswer,
@@ -20,11 +20,11 @@ from streamd.check import (
     render_json,
     render_text,
 )
+from streamd.commands.rules import _diff, _report_failure, format_table
 from streamd.config import RuleSpec, Settings
 from streamd.errors import CredentialsError
-from streamd.rules import RulesPlan, RulesSyncError, ServerRule
-from streamd.rules_cli import _diff, _report_failure, format_table
-from streamd.terminal import json_printable, printable, printable_lines
+from streamd.ops.terminal import json_printable, printable, printable_lines
+from streamd.x.rules import RulesPlan, RulesSyncError, ServerRule
 
 # The attack from the issue: clear the screen, go back to column 0, draw a passing line.
 FAKE_OK = "\x1b[2J\r[ OK ] token"
@@ -148,7 +148,7 @@ def test_rules_diff_lines_escape_values_tags_and_ids() -> None:
 
 
 def test_rules_failure_message_is_escaped_and_redacted() -> None:
-    from streamd.logs import clear_secrets, register_secret
+    from streamd.ops.logs import clear_secrets, register_secret
 
     register_secret("sekret-token-value")
     try:

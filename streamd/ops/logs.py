@@ -58,7 +58,7 @@ def _secret_forms(value: str) -> set[str]:
     # set-up that shares this file.
     import json
 
-    from streamd.terminal import printable
+    from streamd.ops.terminal import printable
 
     plain = {value, urllib.parse.quote(value, safe=""), urllib.parse.unquote(value)}
     forms = set(plain)

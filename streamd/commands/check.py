@@ -4,7 +4,7 @@ when no check failed (a WARN passes).
 Checks, in order: config, token, stream_access, rate_limits, rules, kafka, topics, spool.
 A check whose prerequisite failed is reported SKIP rather than guessed at.
 
-Three layers, as in streamd.rules:
+Three layers, as in streamd.x.rules:
 
 * probes (`probe_x`, `probe_kafka`, `probe_spool`) do the I/O and return plain facts;
 * pure judges (`judge_token`, `judge_rate_limits`, `judge_rules`, ...) turn facts into
@@ -39,19 +39,20 @@ import anyio
 import httpx
 import orjson
 
-from streamd.bounded import AnswerTooLarge, read_answer
-from streamd.classify import (
+from streamd.config import RuleSpec, Settings
+from streamd.errors import ConfigError, StreamdError
+from streamd.kafka.publisher import producer_kwargs
+from streamd.ops.logs import redact
+from streamd.ops.terminal import json_printable, printable
+from streamd.reasons import ExitCode, Reason
+from streamd.x.body import AnswerTooLarge, read_answer
+from streamd.x.classify import (
     Classification,
     classify_connect_response,
     classify_transport_error,
     header_number,
 )
-from streamd.config import RuleSpec, Settings
-from streamd.errors import ConfigError, StreamdError
-from streamd.logs import redact
-from streamd.publisher import producer_kwargs
-from streamd.reasons import ExitCode, Reason
-from streamd.rules import (
+from streamd.x.rules import (
     PAGE_SIZE,
     RULES_PATH,
     RulesApi,
@@ -59,8 +60,7 @@ from streamd.rules import (
     check_locally,
     plan_rules,
 )
-from streamd.stream import make_client
-from streamd.terminal import json_printable, printable
+from streamd.x.stream import make_client
 
 FAILED_EXIT = 1  # at least one check failed ("exit 0 only if all pass")
 

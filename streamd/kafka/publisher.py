@@ -53,10 +53,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from streamd.config import KafkaSettings
 from streamd.errors import StreamdError
-from streamd.metrics import Metrics
-from streamd.partitioner import partition_for
+from streamd.kafka.partitioner import partition_for
+from streamd.kafka.spool import Spool, SpoolEntry, SpoolFull
+from streamd.ops.metrics import Metrics
 from streamd.records import DLQ_OVERSIZE, OutRecord, dlq_record
-from streamd.spool import Spool, SpoolEntry, SpoolFull
 
 
 class Logger(Protocol):

@@ -19,30 +19,23 @@ import httpx
 from anyio.streams.memory import MemoryObjectSendStream
 
 from streamd import __version__
-from streamd.backoff import ReconnectPolicy
-from streamd.bounded import Inflater, read_capped
-from streamd.classify import (
+from streamd.config import Settings
+from streamd.dedup import Deduplicator
+from streamd.errors import FatalDisconnect
+from streamd.ops.metrics import Metrics
+from streamd.reasons import ExitCode, Reason
+from streamd.records import DLQ_DECODE, DLQ_OVERSIZE, OutRecord, dlq_record, rfc3339_ms
+from streamd.x.body import Inflater, read_capped
+from streamd.x.classify import (
     Classification,
     classify_connect_response,
     classify_eof,
     classify_transport_error,
     header_number,
 )
-from streamd.config import Settings
-from streamd.dedup import Deduplicator
-from streamd.errors import FatalDisconnect
-from streamd.framing import LineFramer, Oversize
-from streamd.metrics import Metrics
-from streamd.reasons import ExitCode, Reason
-from streamd.records import (
-    DLQ_DECODE,
-    DLQ_OVERSIZE,
-    ErrorMessage,
-    OutRecord,
-    dlq_record,
-    interpret_line,
-    rfc3339_ms,
-)
+from streamd.x.framing import LineFramer, Oversize
+from streamd.x.lines import ErrorMessage, interpret_line
+from streamd.x.reconnect import ReconnectPolicy
 
 STREAM_PATH = "/2/tweets/search/stream"
 USER_AGENT = f"streamd/{__version__} (+filtered-stream to Kafka; httpx/{httpx.__version__})"

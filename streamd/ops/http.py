@@ -39,7 +39,7 @@ import h11
 import orjson
 from anyio.abc import SocketListener, SocketStream, TaskGroup, TaskStatus
 
-from streamd.logs import get_logger
+from streamd.ops.logs import get_logger
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -20,10 +20,11 @@ import orjson
 
 from streamd.config import RuleSpec, Settings
 from streamd.errors import StreamdError
-from streamd.logs import get_logger, redact
-from streamd.metrics import Metrics
+from streamd.ops.logs import get_logger, redact
+from streamd.ops.metrics import Metrics
+from streamd.ops.terminal import json_printable, printable, printable_lines
 from streamd.reasons import ExitCode
-from streamd.rules import (
+from streamd.x.rules import (
     RulesApi,
     RulesPlan,
     RulesSyncError,
@@ -32,8 +33,7 @@ from streamd.rules import (
     plan_rules,
     sync_rules,
 )
-from streamd.stream import make_client
-from streamd.terminal import json_printable, printable, printable_lines
+from streamd.x.stream import make_client
 
 DIFF_EXIT = 1
 
@@ -196,7 +196,7 @@ async def run_rules_action(
         out.write("rules.mode is \"off\": streamd does not manage the rules; nothing done\n")
         return ExitCode.OK
     result = await sync_rules(
-        api, settings.resolved_rules(), rules_settings, get_logger("streamd.rules"),
+        api, settings.resolved_rules(), rules_settings, get_logger("streamd.x.rules"),
         metrics or Metrics(), trigger="cli", dry_run=dry_run,
     )
     return _sync_report(result, as_json, out)

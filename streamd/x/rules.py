@@ -27,12 +27,12 @@ import httpx
 import orjson
 from structlog.typing import FilteringBoundLogger
 
-from streamd.bounded import AnswerTooLarge, read_answer
-from streamd.classify import header_number, problem_slug
 from streamd.config import RuleSpec, RulesSettings, Settings
 from streamd.errors import CredentialsError, RulesError
-from streamd.metrics import Metrics
+from streamd.ops.metrics import Metrics
 from streamd.reasons import ExitCode, Reason
+from streamd.x.body import AnswerTooLarge, read_answer
+from streamd.x.classify import header_number, problem_slug
 
 RULES_PATH = "/2/tweets/search/stream/rules"
 # X documents no per-request limit for `add`; 100 keeps bodies and error lists small while

@@ -22,7 +22,7 @@ import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamd.broker import LocalBroker, free_port
+from streamd.dev.broker import LocalBroker, free_port
 
 TOPIC = "demo.tweets"
 DLQ_TOPIC = "demo.tweets.dlq"

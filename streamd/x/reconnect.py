@@ -39,9 +39,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from streamd.classify import Classification
 from streamd.errors import FatalDisconnect
 from streamd.reasons import Reason
+from streamd.x.classify import Classification
 
 __all__ = ["MAX_RESET_WAIT", "BackoffSettings", "ReconnectPolicy"]
 
