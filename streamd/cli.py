@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from streamd import __version__
-from streamd.config import MissingSecretError, Settings, load_settings
-from streamd.errors import ConfigError, StreamdError
+from streamd.config import Settings, load_settings
+from streamd.errors import ConfigError, MissingSecretError, StreamdError
 from streamd.ops.logs import configure_logging, current_level, get_logger, redact, register_secret
 from streamd.ops.terminal import printable, printable_lines
 from streamd.reasons import ExitCode

@@ -37,7 +37,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from streamd.errors import ConfigError
+from streamd.errors import ConfigError, MissingSecretError
 from streamd.ops.terminal import printable
 
 DEFAULT_CONFIG_PATH = "/etc/streamd/streamd.toml"
@@ -257,12 +257,6 @@ def _resolve_secret(
                 f"the systemd credential $CREDENTIALS_DIRECTORY/{credential}",
             )
     return None
-
-
-class MissingSecretError(ConfigError):
-    """No source configured for a required secret. A command may report this itself
-    (`check` shows it as a failed check); a secret that is configured but unusable is a
-    plain ConfigError, and every command exits 78 on it."""
 
 
 class _Section(BaseModel):

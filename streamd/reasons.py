@@ -44,3 +44,28 @@ _FATAL: dict[Reason, ExitCode] = {
     Reason.FORBIDDEN: ExitCode.CREDENTIALS,
     Reason.INVALID_REQUEST: ExitCode.CONFIG,
 }
+
+
+class RulesFailure(enum.StrEnum):
+    """Why a rules sync failed (`RulesSyncError.reason`): a problem with the rules
+    themselves, or a condition of the rules endpoints, named like the disconnect reason it
+    shares a meaning with."""
+
+    INVALID_RULES = "invalid_rules"  # X's syntax errors, duplicate values
+    RULES_CAP = Reason.RULES_CAP.value
+    INVALID_REQUEST = Reason.INVALID_REQUEST.value
+    NETWORK = Reason.NETWORK.value
+    SERVER_ERROR = Reason.SERVER_ERROR.value
+    RATE_LIMITED = Reason.RATE_LIMITED.value
+    USAGE_CAP = Reason.USAGE_CAP.value
+
+    @property
+    def transient(self) -> bool:
+        """A condition of the endpoints that passes by itself: retried, exit 70 if not."""
+        return self in _TRANSIENT_RULES_FAILURES
+
+
+_TRANSIENT_RULES_FAILURES = frozenset({
+    RulesFailure.NETWORK, RulesFailure.SERVER_ERROR, RulesFailure.RATE_LIMITED,
+    RulesFailure.USAGE_CAP,
+})

@@ -40,12 +40,12 @@ import httpx
 import orjson
 
 from streamd.config import RuleSpec, Settings
-from streamd.errors import ConfigError, StreamdError
+from streamd.errors import AnswerTooLarge, ConfigError, StreamdError
 from streamd.kafka.publisher import producer_kwargs
 from streamd.ops.logs import redact
 from streamd.ops.terminal import json_printable, printable
 from streamd.reasons import ExitCode, Reason
-from streamd.x.body import AnswerTooLarge, read_answer
+from streamd.x.body import read_answer
 from streamd.x.classify import (
     Classification,
     classify_connect_response,

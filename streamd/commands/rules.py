@@ -19,7 +19,7 @@ import anyio
 import orjson
 
 from streamd.config import RuleSpec, Settings
-from streamd.errors import StreamdError
+from streamd.errors import RulesSyncError, StreamdError
 from streamd.ops.logs import get_logger, redact
 from streamd.ops.metrics import Metrics
 from streamd.ops.terminal import json_printable, printable, printable_lines
@@ -27,7 +27,6 @@ from streamd.reasons import ExitCode
 from streamd.x.rules import (
     RulesApi,
     RulesPlan,
-    RulesSyncError,
     ServerRule,
     SyncResult,
     plan_rules,

@@ -16,11 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from streamd.errors import StreamdError
-
-
-class BrokerError(StreamdError):
-    """The local broker could not be started or driven."""
+from streamd.errors import BrokerError
 
 
 def free_port() -> int:

@@ -52,9 +52,9 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from streamd.config import KafkaSettings
-from streamd.errors import StreamdError
+from streamd.errors import SpoolFull, StreamdError
 from streamd.kafka.partitioner import partition_for
-from streamd.kafka.spool import Spool, SpoolEntry, SpoolFull
+from streamd.kafka.spool import Spool, SpoolEntry
 from streamd.ops.metrics import Metrics
 from streamd.records import DLQ_OVERSIZE, OutRecord, dlq_record
 

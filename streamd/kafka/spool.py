@@ -47,7 +47,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
-from streamd.errors import StreamdError
+from streamd.errors import SpoolError, SpoolFull, SpoolInUse
 
 DB_NAME = "spool.sqlite3"
 LOCK_NAME = "spool.lock"
@@ -93,17 +93,6 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 """
-
-
-class SpoolInUse(StreamdError):
-    """Another process holds the spool directory."""
-
-
-class SpoolFull(StreamdError):
-    """The batch does not fit: over the configured max_bytes, or the disk is full.
-
-    Nothing of the batch was written.
-    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +174,7 @@ class Spool:
         except sqlite3.Error as exc:
             self._conn.close()
             self._unlock()
-            raise StreamdError(f"spool {self.path}: cannot read: {exc}") from exc
+            raise SpoolError(f"spool {self.path}: cannot read: {exc}") from exc
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -193,13 +182,13 @@ class Spool:
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise StreamdError(
+            raise SpoolError(
                 f"spool directory {self.directory}: cannot create: {exc.strerror or exc}"
             ) from exc
         if not self.directory.is_dir():
-            raise StreamdError(f"spool directory {self.directory}: not a directory")
+            raise SpoolError(f"spool directory {self.directory}: not a directory")
         if not os.access(self.directory, os.W_OK | os.X_OK):
-            raise StreamdError(f"spool directory {self.directory}: not writable")
+            raise SpoolError(f"spool directory {self.directory}: not writable")
         self._take_directory()
         try:
             return self._open_database()
@@ -212,7 +201,7 @@ class Spool:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise StreamdError(f"spool directory {self.directory}: cannot create {LOCK_NAME}: "
+            raise SpoolError(f"spool directory {self.directory}: cannot create {LOCK_NAME}: "
                                f"{exc.strerror or exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -225,7 +214,7 @@ class Spool:
             ) from None
         except OSError as exc:
             os.close(fd)
-            raise StreamdError(f"spool directory {self.directory}: cannot lock {LOCK_NAME}: "
+            raise SpoolError(f"spool directory {self.directory}: cannot lock {LOCK_NAME}: "
                                f"{exc.strerror or exc}") from exc
         self._lock_fd = fd
         # The holder's pid, for the message above; informative only (the lock is the flock),
@@ -247,7 +236,7 @@ class Spool:
                 self.path, isolation_level=None, check_same_thread=False, timeout=5.0
             )
         except sqlite3.Error as exc:
-            raise StreamdError(f"spool {self.path}: cannot open: {exc}") from exc
+            raise SpoolError(f"spool {self.path}: cannot open: {exc}") from exc
         try:
             # Both must be chosen before the first table exists (no effect on an old file).
             # 16 KiB pages: tweets are ~1-10 KB; with 4 KiB pages a 2.1 KB row takes a
@@ -256,7 +245,7 @@ class Spool:
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                raise StreamdError(f"spool {self.path}: cannot use WAL mode (got {mode})")
+                raise SpoolError(f"spool {self.path}: cannot use WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous = FULL")
             # After a checkpoint, cut the log back so an outage's burst does not keep it big.
             conn.execute("PRAGMA journal_size_limit = 67108864")
@@ -265,13 +254,13 @@ class Spool:
             if version == 0:
                 conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             elif version != _SCHEMA_VERSION:
-                raise StreamdError(
+                raise SpoolError(
                     f"spool {self.path}: schema version {version}, this streamd knows "
                     f"{_SCHEMA_VERSION}"
                 )
         except sqlite3.Error as exc:
             conn.close()
-            raise StreamdError(f"spool {self.path}: cannot initialise: {exc}") from exc
+            raise SpoolError(f"spool {self.path}: cannot initialise: {exc}") from exc
         except BaseException:
             conn.close()
             raise
@@ -538,7 +527,7 @@ class Spool:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any error; SQLite errors become StreamdError."""
+    """BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any error; SQLite errors become SpoolError."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path, what: str) -> None:
         self._conn = conn
@@ -575,10 +564,10 @@ class _Transaction:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
 
-    def _translate(self, exc: sqlite3.Error) -> StreamdError:
+    def _translate(self, exc: sqlite3.Error) -> SpoolError:
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
             return SpoolFull(f"spool {self._path}: {self._what}: disk full ({exc})")
-        return StreamdError(f"spool {self._path}: {self._what} failed: {exc}")
+        return SpoolError(f"spool {self._path}: {self._what} failed: {exc}")
 
 
 def _fsync_directory(directory: Path) -> None:

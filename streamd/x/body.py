@@ -22,6 +22,8 @@ from collections.abc import Iterator
 import anyio
 import httpx
 
+from streamd.errors import AnswerTooLarge
+
 __all__ = [
     "ANSWER_MAX_BYTES",
     "ERROR_ANSWER_MAX_BYTES",
@@ -42,14 +44,6 @@ ERROR_ANSWER_MAX_BYTES = 1024 * 1024
 # An encoding name is quoted in errors; never quote a hostile header whole.
 _QUOTE_CHARS = 40
 _GZIP_WBITS = 31  # zlib: gzip header and trailer, 32 KiB window
-
-
-class AnswerTooLarge(Exception):
-    """An answer inflated past its cap; nothing past the cap was kept."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"answer larger than {limit} bytes")
-        self.limit = limit
 
 
 def _decoding_error(text: str) -> httpx.DecodingError:

@@ -80,7 +80,6 @@ from streamd.reasons import Reason
 
 __all__ = [
     "Classification",
-    "StallDetected",
     "classify_connect_response",
     "classify_eof",
     "classify_stream_message",
@@ -99,10 +98,6 @@ class Classification:
     connection_issue: str | None = None
     detail: str | None = None
     retry_after: float | None = None
-
-
-class StallDetected(Exception):
-    """Raised by streamd's watchdog when no byte (heartbeats included) arrived in time."""
 
 
 # --- problem types ---------------------------------------------------------------------
@@ -429,7 +424,6 @@ def classify_stream_message(obj: Mapping[str, object]) -> Classification | None:
 
 # Exception type -> reason, checked in order (subclasses before their bases).
 _TRANSPORT: tuple[tuple[type[BaseException], Reason], ...] = (
-    (StallDetected, Reason.STALL),
     # A bad URL scheme or URL is configuration, not weather.
     (httpx.UnsupportedProtocol, Reason.INVALID_REQUEST),
     (httpx.InvalidURL, Reason.INVALID_REQUEST),

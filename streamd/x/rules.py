@@ -28,10 +28,10 @@ import orjson
 from structlog.typing import FilteringBoundLogger
 
 from streamd.config import RuleSpec, RulesSettings, Settings
-from streamd.errors import CredentialsError, RulesError
+from streamd.errors import AnswerTooLarge, CredentialsError, InvalidRule, RulesSyncError
 from streamd.ops.metrics import Metrics
-from streamd.reasons import ExitCode, Reason
-from streamd.x.body import AnswerTooLarge, read_answer
+from streamd.reasons import Reason, RulesFailure
+from streamd.x.body import read_answer
 from streamd.x.classify import header_number, problem_slug
 
 RULES_PATH = "/2/tweets/search/stream/rules"
@@ -43,7 +43,6 @@ DELETE_BATCH = 1000
 PAGE_SIZE = 1000  # GET max_results upper bound
 REQUEST_TIMEOUT = 30.0  # the shared client has no read timeout (the stream's watchdog owns it)
 
-INVALID_RULES = "invalid_rules"  # RulesSyncError.reason for syntax errors and duplicates
 
 Mode = Literal["sync", "add", "off"]
 RuleKey = tuple[str, str | None]
@@ -68,55 +67,6 @@ class ServerRule:
 
 def rule_key(rule: RuleSpec) -> RuleKey:
     return (rule.value, rule.tag)
-
-
-@dataclass(frozen=True)
-class InvalidRule:
-    """A configured rule that cannot be applied, with X's `details[]` (or our own words)."""
-
-    value: str
-    tag: str | None
-    details: tuple[str, ...]
-
-    def describe(self) -> str:
-        tag = f" (tag {self.tag!r})" if self.tag is not None else ""
-        # X's details verbatim, one per line when there are several (they end in '.').
-        if len(self.details) == 1:
-            return f"rule {self.value!r}{tag}: {self.details[0]}"
-        return f"rule {self.value!r}{tag}:" + "".join(f"\n    {d}" for d in self.details)
-
-
-_TRANSIENT = frozenset({Reason.NETWORK, Reason.SERVER_ERROR, Reason.RATE_LIMITED,
-                        Reason.USAGE_CAP})
-
-
-class RulesSyncError(RulesError):
-    """The sync failed. `reason` is "rules_cap", "invalid_rules", or the rules endpoints'
-    transport condition ("rate_limited", "server_error", "network", "invalid_request").
-    `invalid` lists each offending rule; `applied` says whether the server was changed.
-
-    The transport conditions exit 70, not 78: they are transient, and 78 (like 77) tells
-    systemd not to restart (RestartPreventExitStatus)."""
-
-    def __init__(
-        self,
-        reason: str,
-        summary: str,
-        invalid: Sequence[InvalidRule] = (),
-        *,
-        applied: bool = False,
-    ) -> None:
-        self.reason = reason
-        if reason in _TRANSIENT:
-            self.exit_code = ExitCode.INTERNAL
-        self.summary = summary
-        self.invalid = tuple(invalid)
-        self.applied = applied
-        lines = [f"{reason}: {summary}"]
-        lines += [f"  {rule.describe()}" for rule in self.invalid]
-        if not applied:
-            lines.append("  (no rule was changed on the server)")
-        super().__init__("\n".join(lines))
 
 
 # --- pure planning ----------------------------------------------------------------------
@@ -274,7 +224,7 @@ def _json(response: httpx.Response) -> dict[str, Any]:
         body = None
     if not isinstance(body, dict):
         raise RulesSyncError(
-            Reason.SERVER_ERROR,
+            RulesFailure.SERVER_ERROR,
             f"rules endpoint answered HTTP {response.status_code} with a non-JSON body",
         )
     return body
@@ -405,13 +355,17 @@ class RulesApi:
             return body
         status = response.status_code
         if _is_rule_cap(response):
-            raise RulesSyncError(Reason.RULES_CAP, f"X refused the rules: {_problem_text(body)}")
+            raise RulesSyncError(
+                RulesFailure.RULES_CAP, f"X refused the rules: {_problem_text(body)}"
+            )
         if status == 400:
             raise RulesSyncError(
-                Reason.INVALID_REQUEST, f"X refused the request (400): {_problem_text(body)}"
+                RulesFailure.INVALID_REQUEST,
+                f"X refused the request (400): {_problem_text(body)}",
             )
         raise RulesSyncError(
-            Reason.SERVER_ERROR, f"rules endpoint answered HTTP {status}: {_problem_text(body)}"
+            RulesFailure.SERVER_ERROR,
+            f"rules endpoint answered HTTP {status}: {_problem_text(body)}",
         )
 
     def _backoff(self, attempt: int) -> float:
@@ -421,7 +375,7 @@ class RulesApi:
     async def _wait(self, seconds: float, why: str) -> None:
         if seconds > self._max_wait:
             raise RulesSyncError(
-                Reason.RATE_LIMITED,
+                RulesFailure.RATE_LIMITED,
                 f"{why}: the next request is allowed in {seconds:.0f} s, "
                 f"longer than the {self._max_wait:.0f} s we wait",
             )
@@ -453,7 +407,7 @@ class RulesApi:
         self, method: str, endpoint: str, **kwargs: Any
     ) -> httpx.Response:
         failure = ""
-        reason: str = Reason.NETWORK
+        reason = RulesFailure.NETWORK
         delay = 0.0  # before the next attempt; none after the last one
         attempts = itertools.count() if self._max_attempts is None else range(
             self._max_attempts)
@@ -470,12 +424,12 @@ class RulesApi:
                 # inflated, nor waited for past REQUEST_TIMEOUT in all.
                 response = await read_answer(self._client, request, seconds=REQUEST_TIMEOUT)
             except (httpx.TransportError, httpx.DecodingError) as exc:
-                reason, failure = Reason.NETWORK, f"{type(exc).__name__}: {exc}"
+                reason, failure = RulesFailure.NETWORK, f"{type(exc).__name__}: {exc}"
                 delay = self._backoff(attempt)
                 continue
             except AnswerTooLarge as exc:
                 # No rules page is that large: X (or what stands in for it) is in trouble.
-                reason, failure = Reason.SERVER_ERROR, f"{endpoint}: {exc}"
+                reason, failure = RulesFailure.SERVER_ERROR, f"{endpoint}: {exc}"
                 delay = self._backoff(attempt)
                 continue
             self._note_window(endpoint, response.headers)
@@ -490,17 +444,17 @@ class RulesApi:
                 window = self._windows[endpoint]
                 until_reset = (window.reset - self._clock()) if window.reset else 0.0
                 window.remaining = None  # the delay below covers it
-                reason, failure = Reason.RATE_LIMITED, f"{endpoint} answered {status}"
+                reason, failure = RulesFailure.RATE_LIMITED, f"{endpoint} answered {status}"
                 delay = max(until_reset + 1.0, self._backoff(attempt))
                 continue
             if status >= 500:
-                reason, failure = Reason.SERVER_ERROR, f"{endpoint} answered {status}"
+                reason, failure = RulesFailure.SERVER_ERROR, f"{endpoint} answered {status}"
                 delay = self._backoff(attempt)
                 continue
             if status == 402:
                 # Pay-per-use credits used up: it passes when they are topped up, as the
                 # stream's usage cap does. Wait, never exit 78 (systemd would not restart).
-                reason, failure = Reason.USAGE_CAP, f"{endpoint} answered 402 (credits)"
+                reason, failure = RulesFailure.USAGE_CAP, f"{endpoint} answered 402 (credits)"
                 delay = self._backoff(attempt)
                 continue
             return response
@@ -537,7 +491,7 @@ def _local_failure(
     if not problems and not too_many:
         return None
     over_length = any("max_length" in d for p in problems for d in p.details)
-    reason = Reason.RULES_CAP if (too_many or over_length) else INVALID_RULES
+    reason = RulesFailure.RULES_CAP if (too_many or over_length) else RulesFailure.INVALID_RULES
     if too_many:
         summary = (
             f"{len(desired)} rules configured, over rules.max_rules = {settings.max_rules}"
@@ -594,11 +548,12 @@ async def _validate(api: RulesApi, plan: RulesPlan) -> None:
         capped = capped or batch_capped
     if invalid:
         raise RulesSyncError(
-            INVALID_RULES, f"X rejected {len(invalid)} configured rule(s) (dry run)", invalid
+            RulesFailure.INVALID_RULES,
+            f"X rejected {len(invalid)} configured rule(s) (dry run)", invalid,
         )
     if capped and plan.adds_first:
         raise RulesSyncError(
-            Reason.RULES_CAP,
+            RulesFailure.RULES_CAP,
             f"X refused {len(plan.to_add)} more rule(s) beside the {plan.server_count} it "
             "holds: the account's rule cap is below rules.max_rules",
         )
@@ -643,7 +598,7 @@ async def _run_steps(api: RulesApi, plan: RulesPlan, done: _Progress) -> None:
             )
             if capped or invalid:
                 raise RulesSyncError(
-                    Reason.RULES_CAP if capped else INVALID_RULES,
+                    RulesFailure.RULES_CAP if capped else RulesFailure.INVALID_RULES,
                     "X refused rules while applying", invalid,
                 )
 
@@ -669,7 +624,7 @@ async def sync_rules(
     plan = plan_rules(desired, server, mode=mode, max_rules=settings.max_rules)
     if plan.final_count > settings.max_rules:  # mode "add": the server's rules count too
         raise RulesSyncError(
-            Reason.RULES_CAP,
+            RulesFailure.RULES_CAP,
             f"adding {len(plan.to_add)} rule(s) to the {plan.server_count} on the server "
             f"would exceed rules.max_rules = {settings.max_rules}",
         )

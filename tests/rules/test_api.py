@@ -12,9 +12,9 @@ import pytest
 from rules_fakes import PROBLEMS, FakeClock, FakeX
 
 from streamd.config import RuleSpec
-from streamd.errors import CredentialsError
+from streamd.errors import CredentialsError, RulesSyncError
 from streamd.ops.metrics import Metrics
-from streamd.x.rules import RulesApi, RulesSyncError, ServerRule
+from streamd.x.rules import RulesApi, ServerRule
 
 MakeApi = Callable[..., RulesApi]
 

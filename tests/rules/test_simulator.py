@@ -13,10 +13,11 @@ import pytest
 
 from streamd.commands.rules import rules_command
 from streamd.config import Settings
+from streamd.errors import RulesSyncError
 from streamd.ops.logs import get_logger
 from streamd.ops.metrics import Metrics
 from streamd.simulator import Simulator, SimulatorConfig
-from streamd.x.rules import RulesApi, RulesSyncError, SyncResult, sync_configured_rules
+from streamd.x.rules import RulesApi, SyncResult, sync_configured_rules
 from streamd.x.stream import make_client
 
 CONFIGURED = [("keep", "k"), ("new has:images", "n"), ("retag", "new"), ("plain", None)]

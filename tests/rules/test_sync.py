@@ -13,9 +13,10 @@ from rules_fakes import FakeX
 from structlog.testing import capture_logs
 
 from streamd.config import RulesSettings
+from streamd.errors import RulesSyncError
 from streamd.ops.logs import get_logger
 from streamd.ops.metrics import Metrics
-from streamd.x.rules import RulesApi, RulesSyncError, SyncResult, sync_rules
+from streamd.x.rules import RulesApi, SyncResult, sync_rules
 
 MakeApi = Callable[..., RulesApi]
 

@@ -11,10 +11,10 @@ import anyio
 import httpx
 import pytest
 
+from streamd.errors import AnswerTooLarge
 from streamd.x.body import (
     ANSWER_MAX_BYTES,
     SLICE_BYTES,
-    AnswerTooLarge,
     Inflater,
     read_answer,
     read_capped,

@@ -16,7 +16,6 @@ import pytest
 from streamd.reasons import Reason
 from streamd.x.classify import (
     Classification,
-    StallDetected,
     classify_connect_response,
     classify_eof,
     classify_stream_message,
@@ -363,8 +362,7 @@ def test_transport_errors_are_network(exc: BaseException) -> None:
     assert got.detail.startswith(type(exc).__name__)
 
 
-def test_stall_and_config_errors() -> None:
-    assert classify_transport_error(StallDetected("no byte for 30 s")).reason is Reason.STALL
+def test_config_errors() -> None:
     bad_scheme = httpx.UnsupportedProtocol("Request URL has an unsupported protocol 'ftp://'")
     assert classify_transport_error(bad_scheme).reason is Reason.INVALID_REQUEST
     assert classify_transport_error(httpx.InvalidURL("bad")).reason is Reason.INVALID_REQUEST

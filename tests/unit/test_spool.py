@@ -19,13 +19,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamd.errors import StreamdError
+from streamd.errors import SpoolFull, SpoolInUse, StreamdError
 from streamd.kafka.spool import (
     DB_NAME,
     Spool,
     SpoolEntry,
-    SpoolFull,
-    SpoolInUse,
     decode_headers,
     encode_headers,
 )

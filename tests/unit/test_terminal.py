@@ -22,9 +22,9 @@ from streamd.commands.check import (
 )
 from streamd.commands.rules import _diff, _report_failure, format_table
 from streamd.config import RuleSpec, Settings
-from streamd.errors import CredentialsError
+from streamd.errors import CredentialsError, RulesSyncError
 from streamd.ops.terminal import json_printable, printable, printable_lines
-from streamd.x.rules import RulesPlan, RulesSyncError, ServerRule
+from streamd.x.rules import RulesPlan, ServerRule
 
 # The attack from the issue: clear the screen, go back to column 0, draw a passing line.
 FAKE_OK = "\x1b[2J\r[ OK ] token"
