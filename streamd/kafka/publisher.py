@@ -43,7 +43,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -55,15 +55,9 @@ from streamd.config import KafkaSettings
 from streamd.errors import SpoolFull, StreamdError
 from streamd.kafka.partitioner import partition_for
 from streamd.kafka.spool import Spool, SpoolEntry
+from streamd.ops.logs import Logger
 from streamd.ops.metrics import Metrics
 from streamd.records import DLQ_OVERSIZE, OutRecord, dlq_record
-
-
-class Logger(Protocol):
-    def info(self, event: str, **kw: Any) -> Any: ...
-    def warning(self, event: str, **kw: Any) -> Any: ...
-    def error(self, event: str, **kw: Any) -> Any: ...
-
 
 # How many records one publish cycle takes from the queue before submitting: big enough to
 # fill batches at full speed, small enough to keep latency low at 2k tweets/s.

@@ -18,7 +18,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import orjson
 import structlog
@@ -41,6 +41,15 @@ _ordered_secrets: tuple[str, ...] = ()
 _secrets_lock = threading.Lock()
 _handler: logging.Handler | None = None
 _current_level = "info"
+
+
+class Logger(Protocol):
+    """What streamd's parts need of a logger: structlog's bound loggers satisfy it, and a
+    test can pass anything that records events."""
+
+    def info(self, event: str, **kw: Any) -> Any: ...
+    def warning(self, event: str, **kw: Any) -> Any: ...
+    def error(self, event: str, **kw: Any) -> Any: ...
 
 
 def current_level() -> str:

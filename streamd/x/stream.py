@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -22,6 +22,7 @@ from streamd import __version__
 from streamd.config import Settings
 from streamd.dedup import Deduplicator
 from streamd.errors import FatalDisconnect
+from streamd.ops.logs import Logger
 from streamd.ops.metrics import Metrics
 from streamd.reasons import ExitCode, Reason
 from streamd.records import DLQ_DECODE, DLQ_OVERSIZE, OutRecord, dlq_record, rfc3339_ms
@@ -61,12 +62,6 @@ def queue_batches(queue_size: int) -> int:
     return max(4, queue_size // QUEUE_BATCH)
 
 
-
-
-class Logger(Protocol):
-    def info(self, event: str, **kw: Any) -> Any: ...
-    def warning(self, event: str, **kw: Any) -> Any: ...
-    def error(self, event: str, **kw: Any) -> Any: ...
 
 
 def stream_params(settings: Settings, *, backfill_minutes: int = 0) -> dict[str, str]:
