@@ -1,4 +1,5 @@
-"""The fixed vocabulary of disconnect reasons and exit codes (interface.md)."""
+"""The fixed vocabulary of disconnect reasons and exit codes (README: "Disconnect reasons
+and backoff", "Run")."""
 
 from __future__ import annotations
 
@@ -32,18 +33,6 @@ class Reason(enum.StrEnum):
     # or it is shutting down. Kept separate so X-side reasons stay honest.
     SPOOL_FULL = "spool_full"
     SHUTDOWN = "shutdown"
-
-    @property
-    def fatal_exit_code(self) -> ExitCode | None:
-        """The exit code for reasons that must never be retried, else None."""
-        return _FATAL.get(self)
-
-
-_FATAL: dict[Reason, ExitCode] = {
-    Reason.UNAUTHORIZED: ExitCode.CREDENTIALS,
-    Reason.FORBIDDEN: ExitCode.CREDENTIALS,
-    Reason.INVALID_REQUEST: ExitCode.CONFIG,
-}
 
 
 class RulesFailure(enum.StrEnum):

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -46,12 +47,7 @@ from streamd.ops.logs import redact
 from streamd.ops.terminal import json_printable, printable
 from streamd.reasons import ExitCode, Reason
 from streamd.x.body import read_answer
-from streamd.x.classify import (
-    Classification,
-    classify_connect_response,
-    classify_transport_error,
-    header_number,
-)
+from streamd.x.classify import Classification, classify_answer, classify_transport_error
 from streamd.x.rules import (
     PAGE_SIZE,
     RULES_PATH,
@@ -59,8 +55,11 @@ from streamd.x.rules import (
     ServerRule,
     check_locally,
     plan_rules,
+    rules_of,
+    terminal_policy,
 )
 from streamd.x.stream import make_client
+from streamd.x.wire import ABOUT_BLANK, Answer, parse_answer
 
 FAILED_EXIT = 1  # at least one check failed ("exit 0 only if all pass")
 
@@ -131,6 +130,17 @@ class XAnswer:
     headers: Mapping[str, str]
     body: bytes
 
+    @cached_property
+    def read(self) -> Answer:
+        """What X said, read once (wire.py)."""
+        return parse_answer(self.status, self.headers, self.body)
+
+    @cached_property
+    def verdict(self) -> Classification:
+        """The answer classified as a connect answer would be: the rules GET is app-only
+        like the stream, and refused to the same apps."""
+        return classify_answer(self.read)
+
 
 @dataclass(frozen=True)
 class XProbe:
@@ -186,35 +196,20 @@ def token_source(settings: Settings) -> str:
     return "$CREDENTIALS_DIRECTORY/x_bearer_token"
 
 
-def _body_fields(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
+def _is_tier_refusal(verdict: Classification) -> bool:
+    # v1.1 code 453: "access to a subset of endpoints only" (the app's tier).
+    return verdict.problem_type == "client-forbidden" or 453 in verdict.codes
 
 
-def _v1_codes(fields: Mapping[str, Any]) -> set[int]:
-    codes: set[int] = set()
-    for item in fields.get("errors") or []:
-        if isinstance(item, dict) and isinstance(item.get("code"), int):
-            codes.add(int(item["code"]))
-    return codes
-
-
-def _is_tier_refusal(answer: XAnswer, verdict: Classification) -> bool:
-    fields = _body_fields(answer.body)
-    return verdict.problem_type == "client-forbidden" or 453 in _v1_codes(fields)
-
-
-def _said(answer: XAnswer, verdict: Classification) -> str:
+def _said(answer: XAnswer) -> str:
     """`HTTP 403 client-forbidden (client-not-enrolled): detail` — X's words, bounded."""
+    verdict = answer.verdict
     parts = [f"HTTP {answer.status}"]
-    if verdict.problem_type and verdict.problem_type != "about:blank":
+    if verdict.problem_type and verdict.problem_type != ABOUT_BLANK:
         parts.append(verdict.problem_type)
-        extra = _body_fields(answer.body).get("reason")
-        if isinstance(extra, str) and extra:
-            parts.append(f"({extra})")
+        refusal = answer.read.top.reason if answer.read.top is not None else None
+        if refusal:
+            parts.append(f"({refusal})")
     text = " ".join(parts)
     return f"{text}: {verdict.detail}" if verdict.detail else text
 
@@ -235,8 +230,8 @@ def judge_token(settings: Settings, probe: XProbe) -> CheckResult:
             "token", Status.OK,
             f"X accepted the app-only bearer token from {source} (GET {RULES_PATH}: 200)",
         )
-    verdict = classify_connect_response(answer.status, answer.headers, answer.body)
-    said = _said(answer, verdict)
+    verdict = answer.verdict
+    said = _said(answer)
     if verdict.reason is Reason.UNAUTHORIZED:
         return CheckResult(
             "token", Status.FAIL, f"X rejected the token from {source} ({said})",
@@ -248,7 +243,7 @@ def judge_token(settings: Settings, probe: XProbe) -> CheckResult:
         if verdict.problem_type == "unsupported-authentication":
             return CheckResult("token", Status.FAIL, f"X refused the token ({said})",
                                USER_CONTEXT_FIX)
-        if _is_tier_refusal(answer, verdict):
+        if _is_tier_refusal(verdict):
             return CheckResult("token", Status.FAIL, f"X refused this app ({said})", TIER_FIX)
         return CheckResult(
             "token", Status.FAIL, f"X refused access ({said})",
@@ -280,14 +275,12 @@ def judge_stream_access(probe: XProbe, token: CheckResult) -> CheckResult:
     if answer is not None and answer.status in (420, 429):
         return CheckResult(name, Status.WARN,
                            f"unknown: the rules endpoint is rate-limited {how}")
-    if answer is not None and answer.status == 403:
-        verdict = classify_connect_response(answer.status, answer.headers, answer.body)
-        if _is_tier_refusal(answer, verdict):
-            return CheckResult(
-                name, Status.FAIL,
-                f"none: X refuses this app's access level (403 client-forbidden) {how}",
-                "move the app to a Project on a tier with filtered stream",
-            )
+    if answer is not None and answer.status == 403 and _is_tier_refusal(answer.verdict):
+        return CheckResult(
+            name, Status.FAIL,
+            f"none: X refuses this app's access level (403 client-forbidden) {how}",
+            "move the app to a Project on a tier with filtered stream",
+        )
     return skipped(name, "the token check failed" if token.status is Status.FAIL
                    else "no usable answer from the rules endpoint")
 
@@ -309,19 +302,16 @@ def judge_rate_limits(
     answer = probe.answer
     if answer is None or answer.status not in (200, 420, 429):
         return skipped(name, "the token check failed")
-    limit = header_number(answer.headers, "x-rate-limit-limit")
-    remaining = header_number(answer.headers, "x-rate-limit-remaining")
-    reset = header_number(answer.headers, "x-rate-limit-reset")
-    if limit is None or remaining is None or reset is None:
+    limits = answer.read.rate_limit
+    if limits.limit is None or limits.remaining is None or limits.reset is None:
         return CheckResult(
             name, Status.WARN,
             "the rules GET carried no complete x-rate-limit-limit/remaining/reset headers",
             "a proxy between here and X may strip them; streamd then backs off blindly",
         )
-    reset = reset / 1000.0 if reset > 1e11 else reset  # tolerate milliseconds
-    detail = (f"rules GET: {remaining:.0f} of {limit:.0f} requests left; window resets "
-              f"{describe_reset(reset, now, local_tz)}")
-    if remaining <= 0 or answer.status in (420, 429):
+    detail = (f"rules GET: {limits.remaining} of {limits.limit} requests left; window "
+              f"resets {describe_reset(limits.reset, now, local_tz)}")
+    if limits.remaining <= 0 or answer.status in (420, 429):
         return CheckResult(
             name, Status.WARN, f"{detail}; the window is exhausted",
             "wait for the reset before `streamd rules sync`; look for another client "
@@ -473,18 +463,13 @@ def judge_spool(settings: Settings, probe: SpoolProbe) -> CheckResult:
 # --- probes (I/O) ---------------------------------------------------------------------
 
 
-def _rules_of(body: Mapping[str, Any]) -> list[ServerRule]:
-    return [ServerRule(str(item["id"]), str(item["value"]), item.get("tag"))
-            for item in body.get("data") or [] if isinstance(item, dict)]
-
-
 async def probe_x(settings: Settings, token: str) -> XProbe:
     """One GET of the rules (a second pass through RulesApi only past 1000 rules)."""
     async with make_client(settings, token) as client:
         request = client.build_request(
             "GET", RULES_PATH, params={"max_results": str(PAGE_SIZE)}, timeout=X_TIMEOUT)
         try:
-            # Read with a cap (bounded.py), as the rules client does.
+            # Read with a cap (body.py), as the rules client does.
             response = await read_answer(client, request, seconds=X_TIMEOUT)
         except httpx.HTTPError as exc:
             return XProbe(transport_error=classify_transport_error(exc).detail)
@@ -497,11 +482,11 @@ async def probe_x(settings: Settings, token: str) -> XProbe:
         )
         if response.status_code != 200:
             return XProbe(answer)
-        body = _body_fields(response.content)
-        if not (body.get("meta") or {}).get("next_token"):
-            return XProbe(answer, rules=tuple(_rules_of(body)))
+        document = answer.read.document or {}
+        if not (document.get("meta") or {}).get("next_token"):
+            return XProbe(answer, rules=tuple(rules_of(document)))
         # More than one page: let RulesApi follow the pages; never wait out a window.
-        api = RulesApi(client, max_attempts=1, max_wait=0.0)
+        api = RulesApi(client, policy=terminal_policy(max_attempts=1, max_wait=0.0))
         try:
             return XProbe(answer, rules=tuple(await api.list_rules()))
         except StreamdError as exc:

@@ -12,7 +12,7 @@ With `rules.mode = "off"`, `sync` changes nothing (streamd does not manage the r
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import anyio
@@ -31,6 +31,7 @@ from streamd.x.rules import (
     SyncResult,
     plan_rules,
     sync_rules,
+    terminal_policy,
 )
 from streamd.x.stream import make_client
 
@@ -105,10 +106,7 @@ def _diff(plan: RulesPlan, as_json: bool, out: TextIO) -> int:
             out,
         )
     else:
-        for rule in plan.to_add:
-            out.write(_added_line(rule) + "\n")
-        for server_rule in plan.to_delete:
-            out.write(_deleted_line(server_rule) + "\n")
+        _write_changes(out, plan.to_add, plan.to_delete)
         for conflict in plan.conflicts:
             out.write(f"! {printable(conflict.value)}{_tag_suffix(conflict.tag)}  "
                       f"[id {printable(conflict.id)}] kept: mode 'add' cannot change its tag\n")
@@ -118,6 +116,15 @@ def _diff(plan: RulesPlan, as_json: bool, out: TextIO) -> int:
             f"{len(plan.unchanged)} unchanged\n"
         )
     return ExitCode.OK if plan.in_sync else DIFF_EXIT
+
+
+def _write_changes(
+    out: TextIO, added: Sequence[RuleSpec], deleted: Sequence[ServerRule]
+) -> None:
+    for rule in added:
+        out.write(_added_line(rule) + "\n")
+    for server_rule in deleted:
+        out.write(_deleted_line(server_rule) + "\n")
 
 
 def _sync_report(result: SyncResult, as_json: bool, out: TextIO) -> int:
@@ -134,10 +141,7 @@ def _sync_report(result: SyncResult, as_json: bool, out: TextIO) -> int:
             out,
         )
         return ExitCode.OK
-    for rule in result.added:
-        out.write(_added_line(rule) + "\n")
-    for server_rule in result.deleted:
-        out.write(_deleted_line(server_rule) + "\n")
+    _write_changes(out, result.added, result.deleted)
     verb = "would add" if result.dry_run else "added"
     gone = "would delete" if result.dry_run else "deleted"
     tail = " (dry run: validated by X, nothing changed)" if result.dry_run else ""
@@ -223,7 +227,7 @@ def rules_command(
         metrics = Metrics()
         async with make_client(settings, token) as client:
             api = api_factory(client) if api_factory else RulesApi(
-                client, max_attempts=CLI_MAX_ATTEMPTS
+                client, policy=terminal_policy(CLI_MAX_ATTEMPTS)
             )
             return await run_rules_action(
                 api, settings, action, dry_run=dry_run, as_json=as_json, out=stdout,

@@ -1,8 +1,10 @@
-"""Classify every end of a stream connection into exactly one `Reason` (interface.md).
+"""Classify every end of a stream connection into exactly one `Reason` (README "Disconnect
+reasons and backoff"; https://docs.x.com/x-api/posts/filtered-stream/integrate/handling-disconnections).
 
-Pure functions, no I/O. Three inputs can end a connection:
+Pure functions, no I/O; X's documents are read by wire.py. Three inputs can end a connection:
 
-* a non-200 answer to the connect request (`classify_connect_response`),
+* a non-200 answer to the connect request (`classify_answer`, or
+  `classify_connect_response` from the raw status, headers and body),
 * an in-stream error-only JSON object, usually followed by the server closing the body
   (`classify_stream_message`, then `classify_eof`),
 * an exception from the transport, or streamd's own stall watchdog
@@ -66,57 +68,38 @@ retry costs one `stream.disconnected` line per attempt, settling at one every
 
 from __future__ import annotations
 
-import math
-import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import anyio
 import httpx
-import orjson
 
 from streamd.reasons import Reason
+from streamd.x.wire import Answer, Problem, one_line, parse_answer
 
 __all__ = [
     "Classification",
+    "classify_answer",
     "classify_connect_response",
     "classify_eof",
     "classify_stream_message",
     "classify_transport_error",
-    "header_number",
-    "problem_slug",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class Classification:
+    """Why a connection ended (or a connect or request failed), with what X said about it."""
+
     reason: Reason
     status: int | None = None
-    problem_type: str | None = None
+    problem_type: str | None = None  # the deciding problem's slug
     disconnect_type: str | None = None
     connection_issue: str | None = None
     detail: str | None = None
-    retry_after: float | None = None
-
-
-# --- problem types ---------------------------------------------------------------------
-
-ABOUT_BLANK = "about:blank"
-_PROBLEM_PATH = re.compile(r"/2/problems/([^/?#\s]+)", re.IGNORECASE)
-
-
-def problem_slug(type_uri: str) -> str:
-    """The `<slug>` of a `.../2/problems/<slug>` URI, lower case, whatever scheme/host/case.
-
-    `about:blank` is returned as is. Anything else that is not a problem URI is returned
-    stripped and lower-cased, so it still shows up in logs but matches no table entry.
-    """
-    text = type_uri.strip()
-    match = _PROBLEM_PATH.search(text)
-    if match is not None:
-        return match.group(1).lower()
-    return text.lower()
+    reset_at: float | None = None  # x-rate-limit-reset, epoch seconds
+    codes: tuple[int, ...] = ()  # X's v1.1 error codes, in order
 
 
 # (slug, connection_issue) -> reason; connection_issue None is the slug's default.
@@ -193,187 +176,65 @@ _STATUS: dict[int, Reason] = {
     431: Reason.INVALID_REQUEST,
 }
 
-# Bodies above this are not error documents; do not spend time parsing them.
-_MAX_BODY_PARSE = 256 * 1024
-_MAX_DETAIL = 300
 
-
-# --- body parsing (never raises) -------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Problem:
-    slug: str
-    issue: str | None
-    disconnect_type: str | None
-    detail: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Body:
-    problems: tuple[_Problem, ...]
-    codes: tuple[int, ...]
-    detail: str | None
-
-
-_EMPTY_BODY = _Body((), (), None)
-
-
-def _text(value: object) -> str | None:
-    """A trimmed, single-line, bounded string, or None for non-strings and blanks."""
-    if not isinstance(value, str):
-        return None
-    text = " ".join(value.split())
-    if not text:
-        return None
-    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
-
-
-def _detail_of(obj: Mapping[str, object]) -> str | None:
-    return _text(obj.get("detail")) or _text(obj.get("message")) or _text(obj.get("title"))
-
-
-def _problem_of(obj: Mapping[str, object]) -> _Problem | None:
-    type_uri = obj.get("type")
-    if not isinstance(type_uri, str):
-        return None
-    issue = _text(obj.get("connection_issue"))
-    return _Problem(
-        slug=problem_slug(type_uri),
-        issue=issue,
-        disconnect_type=_text(obj.get("disconnect_type")),
-        detail=_detail_of(obj),
-    )
-
-
-def _parse_mapping(obj: Mapping[str, object]) -> _Body:
-    problems: list[_Problem] = []
-    codes: list[int] = []
-    top = _problem_of(obj)
-    if top is not None:
-        problems.append(top)
-    detail = _detail_of(obj)
-    errors = obj.get("errors")
-    if isinstance(errors, list):
-        for entry in errors:
-            if not isinstance(entry, dict):
-                continue
-            problem = _problem_of(entry)
-            if problem is not None:
-                problems.append(problem)
-            code = entry.get("code")
-            # bool is an int subclass; `true` is not an error code.
-            if isinstance(code, int) and not isinstance(code, bool):
-                codes.append(code)
-            if detail is None:
-                detail = _detail_of(entry)
-    return _Body(tuple(problems), tuple(codes), detail)
-
-
-def _parse_body(body: bytes) -> _Body:
-    if not body or len(body) > _MAX_BODY_PARSE:
-        return _EMPTY_BODY
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return _EMPTY_BODY
-    if not isinstance(obj, dict):
-        return _EMPTY_BODY
-    return _parse_mapping(obj)
-
-
-def _lookup(table: Mapping[tuple[str, str | None], Reason], problem: _Problem) -> Reason | None:
-    if problem.issue is not None:
-        reason = table.get((problem.slug, problem.issue.lower()))
+def _lookup(table: Mapping[tuple[str, str | None], Reason], problem: Problem) -> Reason | None:
+    assert problem.slug is not None  # Answer.problems holds typed problems only
+    if problem.connection_issue is not None:
+        reason = table.get((problem.slug, problem.connection_issue.lower()))
         if reason is not None:
             return reason
     return table.get((problem.slug, None))
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is not None:
-        return value
-    # A plain dict may not be case-insensitive like httpx.Headers.
-    for key, candidate in headers.items():
-        if key.lower() == name:
-            return candidate
-    return None
-
-
-def _reset_epoch(headers: Mapping[str, str]) -> float | None:
-    raw = _header(headers, "x-rate-limit-reset")
-    if raw is None:
-        return None
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        return None
-    if not math.isfinite(value) or value <= 0:
-        return None
-    # X sends epoch seconds; tolerate a proxy or fake server sending milliseconds.
-    return value / 1000.0 if value > 1e11 else value
-
-
-# Rate-limit headers are counts and epoch seconds (or milliseconds from a proxy): anything
-# beyond this is not a number X sent.
-_MAX_HEADER_NUMBER = 1e14
-
-
-def header_number(headers: Mapping[str, str], name: str) -> float | None:
-    """A rate-limit header as a number, or None when absent or not a plausible one: "inf",
-    "nan", "²", negative or absurdly large values never reach int() or a gauge."""
-    raw = headers.get(name)
-    if raw is None:
-        return None
-    text = raw.strip()
-    if not text.isascii() or len(text) > 32:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    if not math.isfinite(value) or not 0 <= value < _MAX_HEADER_NUMBER:
-        return None
-    return value
+def _classification(
+    reason: Reason, problem: Problem | None, answer: Answer, detail: str | None
+) -> Classification:
+    return Classification(
+        reason=reason,
+        status=answer.status,
+        problem_type=problem.slug if problem else None,
+        disconnect_type=problem.disconnect_type if problem else None,
+        connection_issue=problem.connection_issue if problem else None,
+        detail=detail,
+        reset_at=answer.rate_limit.reset,
+        codes=answer.codes,
+    )
 
 
 # --- public classifiers ----------------------------------------------------------------
 
 
-def classify_connect_response(
-    status: int, headers: Mapping[str, str], body: bytes
-) -> Classification:
+def classify_answer(answer: Answer) -> Classification:
     """Classify a non-200 answer to `GET /2/tweets/search/stream` (see module doc)."""
-    parsed = _parse_body(body)
-    first = parsed.problems[0] if parsed.problems else None
+    status = answer.status
+    assert status is not None, "an in-stream message is classified by classify_stream_message"
+    problems = answer.problems
+    chosen = problems[0] if problems else None
     reason: Reason | None = None
-    chosen = first
 
     if status == 420:
         reason = Reason.RATE_LIMITED
     elif status >= 500:
         reason = Reason.SERVER_ERROR
     if reason is None:
-        for problem in parsed.problems:
+        for problem in problems:
             reason = _lookup(_CONNECT_PROBLEMS, problem)
             if reason is not None:
                 chosen = problem
                 break
     if reason is None:
-        reason = next((_V1_CODES[c] for c in parsed.codes if c in _V1_CODES), None)
+        reason = next((_V1_CODES[c] for c in answer.codes if c in _V1_CODES), None)
     if reason is None:
         reason = _status_reason(status)
+    detail = chosen.text if chosen and chosen.text else answer.detail
+    return _classification(reason, chosen, answer, detail)
 
-    return Classification(
-        reason=reason,
-        status=status,
-        problem_type=chosen.slug if chosen else None,
-        disconnect_type=chosen.disconnect_type if chosen else None,
-        connection_issue=chosen.issue if chosen else None,
-        detail=(chosen.detail if chosen and chosen.detail else parsed.detail),
-        retry_after=_reset_epoch(headers),
-    )
+
+def classify_connect_response(
+    status: int, headers: Mapping[str, str], body: bytes
+) -> Classification:
+    """`classify_answer` of the raw answer (its body already bounded and decoded)."""
+    return classify_answer(parse_answer(status, headers, body))
 
 
 def _status_reason(status: int) -> Reason:
@@ -387,38 +248,23 @@ def _status_reason(status: int) -> Reason:
     return Reason.SERVER_ERROR
 
 
-def classify_stream_message(obj: Mapping[str, object]) -> Classification | None:
+def classify_stream_message(message: Answer) -> Classification | None:
     """Classify an in-stream JSON object; None unless it announces the end of the stream.
 
     Objects with `data` are tweets (possibly with partial `errors[]`): None. Error-only
     objects whose problems are not in `_STREAM_PROBLEMS` are logged and counted by the
     caller: None.
     """
-    if "data" in obj:
+    if message.document is None or "data" in message.document:
         return None
-    errors = obj.get("errors")
-    if not isinstance(errors, list):
-        return None
-    found: dict[Reason, _Problem] = {}
-    for entry in errors:
-        if not isinstance(entry, dict):
-            continue
-        problem = _problem_of(entry)
-        if problem is None:
-            continue
-        reason = _lookup(_STREAM_PROBLEMS, problem)
+    found: dict[Reason, Problem] = {}
+    for problem in message.errors:
+        reason = _lookup(_STREAM_PROBLEMS, problem) if problem.slug is not None else None
         if reason is not None and reason not in found:
             found[reason] = problem
     for reason in _STREAM_PRIORITY:
-        problem = found.get(reason)
-        if problem is not None:
-            return Classification(
-                reason=reason,
-                problem_type=problem.slug,
-                disconnect_type=problem.disconnect_type,
-                connection_issue=problem.issue,
-                detail=problem.detail,
-            )
+        if reason in found:
+            return _classification(reason, found[reason], message, found[reason].text)
     return None
 
 
@@ -441,7 +287,7 @@ _TRANSPORT: tuple[tuple[type[BaseException], Reason], ...] = (
 
 
 def _exception_detail(exc: BaseException) -> str:
-    message = _text(str(exc))
+    message = one_line(str(exc))
     name = type(exc).__name__
     return f"{name}: {message}" if message else name
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 from typing import Any, Final
 
 import orjson
@@ -60,6 +61,7 @@ from streamd.records import (
     rfc3339_ms,
 )
 from streamd.x.classify import Classification, classify_stream_message
+from streamd.x.wire import Answer, parse_message
 
 _CONTENT_TYPE: Final = ("content-type", b"application/json")
 _SPECVERSION: Final = ("ce_specversion", b"1.0")
@@ -154,13 +156,14 @@ def id_problem(field: str, value: object) -> str:
 
 
 class ErrorMessage:
-    """An error-only line (no `data`): logged, counted, classified; never published."""
+    """An error-only line (no `data`): logged, counted, classified; never published.
+    `classification` is None unless it announces the end of the stream."""
 
-    __slots__ = ("classification", "payload")
+    __slots__ = ("answer", "classification")
 
-    def __init__(self, payload: dict[str, Any], classification: Classification | None) -> None:
-        self.payload = payload
-        self.classification = classification
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.classification: Classification | None = classify_stream_message(answer)
 
 
 def interpret_line(
@@ -195,7 +198,7 @@ def interpret_line(
             author_id = None  # no ce_subject; the tweet itself is fine
         return _tweet_record(line, obj, data, tweet_id, author_id, ce_source, read_ms, read_at)
     if "errors" in obj and data is None:
-        return ErrorMessage(obj, classify_stream_message(obj))
+        return ErrorMessage(parse_message(obj))
     problem = (
         "no data.id and no errors" if data is None
         else f"data is {_describe_value(data)}, not a JSON object"
@@ -329,6 +332,17 @@ class _DuplicateId(Exception):
     pass
 
 
+def _included(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The objects of the line's `includes` (expansions), in lists of at most
+    _WALK_MAX_INCLUDED: a longer list is not walked (the re-serialization count decides)."""
+    includes = obj.get("includes")
+    if type(includes) is not dict:
+        return
+    for items in includes.values():
+        if type(items) is list and len(items) <= _WALK_MAX_INCLUDED:
+            yield from (item for item in items if type(item) is dict)
+
+
 def _refuse_duplicate_ids(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen = False
     for key, _ in pairs:
@@ -371,15 +385,9 @@ def duplicate_ids(
     known += _nested_ids(data)
     if seen == known:
         return None
-    includes = obj.get("includes")
-    if type(includes) is dict:
-        for items in includes.values():
-            if type(items) is list and len(items) <= _WALK_MAX_INCLUDED:
-                for item in items:
-                    if type(item) is dict and "text" in item:
-                        known += _nested_ids(item)
-        if seen == known:
-            return None
+    known += sum(_nested_ids(item) for item in _included(obj) if "text" in item)
+    if seen == known:
+        return None
     try:
         written = orjson.dumps(obj).count(_ID_KEY)
     except orjson.JSONEncodeError:  # nested deeper than orjson writes (254): not X's
@@ -412,13 +420,7 @@ def _tweet_record(
     # line to the full check.
     seen = line.count(b'"id"')
     if seen != known:
-        includes = obj.get("includes")
-        if type(includes) is dict:
-            for items in includes.values():
-                if type(items) is list and len(items) <= _WALK_MAX_INCLUDED:
-                    for item in items:
-                        if type(item) is dict and "id" in item:
-                            known += 1
+        known += sum(1 for item in _included(obj) if "id" in item)
     if seen != known or b"\\" in line:
         problem = duplicate_ids(line, obj, data, seen, known)
         if problem is not None:

@@ -1,8 +1,21 @@
-"""Reconnect delays per disconnect reason (interface.md "Disconnect reasons", X's guidance).
+"""The one reconnect decision (README "Disconnect reasons and backoff"; X's guidance:
+https://docs.x.com/x-api/posts/filtered-stream/integrate/handling-disconnections).
+
+After every ended connection, failed connect or failed rules request, `decide` says what
+comes next, as one of:
+
+* `Delay(seconds, reason, attempt)`: wait, then try again (attempt `attempt`);
+* `Resync(reason)`: the stream has no rules: re-sync them, then ask `after_resync`, which
+  says `Delay` (rules are in place) or `Exit` 78 (none are configured);
+* `WaitForRoom(reason)`: streamd closed the stream itself because the spool is full:
+  reconnect as soon as it has room, no backoff;
+* `Exit(code, reason, detail)`: never retried; the process ends with `code`
+  (77 unauthorized/forbidden, 78 invalid_request, 70 a caller's patience ran out, 0 a stop).
 
 Pure state machine: the clock and the random source are injected, nothing sleeps here.
 
-Schedules (n = failures of that reason's family since the last healthy connection, from 0):
+Stream schedules (n = failures of that reason's family since the last healthy connection,
+from 0):
 
 * operational_disconnect: 0 when n == 0, then http_initial * 2^(n-1) up to http_max.
 * network, stall (one family): n * network_step up to network_max, so the first reconnect
@@ -19,156 +32,312 @@ Schedules (n = failures of that reason's family since the last healthy connectio
 * too_many_connections: rate_limit_initial * 2^n up to rate_limit_max (the reset header is
   about the request window, not the slot, so it is ignored).
 * usage_cap: usage_cap_initial * 2^n up to usage_cap_max.
-* spool_full, shutdown: 0 (the caller decides when to reconnect).
-* unauthorized, forbidden, invalid_request: `FatalDisconnect` is raised, never a delay.
 
 Jitter: a nonzero delay d becomes d * (1 + U[0,1) * jitter): never earlier than the
 schedule (so never before the rate-limit reset), up to `jitter` later (so a capped delay can
 exceed its cap by that fraction). A zero delay stays zero.
 
-Health: a connection is healthy once it delivered data (`on_data`) or has been up for
-`healthy_after` seconds by the injected clock (checked when the next delay is asked for).
-Being healthy resets every family's counter and `attempt()`. A 200 that drops before it is
-healthy does not reset anything, so "connect, 200, instant drop" loops still back off.
+The rules endpoints (`for_rules`, README "Rules as code"): network errors, 5xx, a 402 and a
+429 share one counter on the server_error schedule (http_initial doubling to http_max),
+without jitter; a 429 waits at least until its window's reset plus a second, however far
+off that is. `max_attempts` and `max_wait` bound a caller's patience (a command at a
+terminal); past them the decision is `Exit` 70. The daemon sets neither: it waits the
+trouble out, as it does for the stream.
+
+Attempts: `start_attempt()` numbers each connect (or request) since the last healthy one,
+from 1; a `Delay` carries the number the next one will get. Health: a connection is
+healthy once it delivered data (`on_data`; for the rules endpoints, a good answer) or has
+been up for `healthy_after` seconds by the injected clock (checked at the next decision).
+Being healthy resets every family's counter and the attempt number. A 200 that drops
+before it is healthy resets nothing, so "connect, 200, instant drop" loops still back off.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from streamd.errors import FatalDisconnect
-from streamd.reasons import Reason
+from streamd.config import BackoffSettings
+from streamd.reasons import ExitCode, Reason
 from streamd.x.classify import Classification
 
-__all__ = ["MAX_RESET_WAIT", "BackoffSettings", "ReconnectPolicy"]
+__all__ = [
+    "MAX_RESET_WAIT",
+    "NO_RULES_LEFT",
+    "RULES_ENDPOINTS",
+    "STREAM",
+    "Decision",
+    "Delay",
+    "Exit",
+    "Profile",
+    "ReconnectPolicy",
+    "Resync",
+    "WaitForRoom",
+]
 
 # An X rate-limit window is 15 minutes; a reset further ahead than this is not credible.
 MAX_RESET_WAIT = 3600.0
 # 2^60 times any positive setting is beyond every cap; stops float overflow on long outages.
 _MAX_EXPONENT = 60
 
-
-@dataclass(frozen=True)
-class BackoffSettings:
-    """The [backoff] config keys with interface.md's defaults (seconds)."""
-
-    network_step: float = 0.25
-    network_max: float = 16.0
-    http_initial: float = 5.0
-    http_max: float = 320.0
-    rate_limit_initial: float = 60.0
-    rate_limit_max: float = 960.0
-    usage_cap_initial: float = 900.0
-    usage_cap_max: float = 21600.0
-    jitter: float = 0.1  # fraction; delays only ever grow by up to this much
-    healthy_after: float = 30.0  # seconds up that count as healthy
+NO_RULES_LEFT = (
+    "the stream has no rules and none are configured: add [[rules.rule]] entries "
+    '(rules.mode = "sync" or "add") or create rules on X'
+)
 
 
-# Reasons sharing one attempt counter.
-_FAMILY: dict[Reason, str] = {
-    Reason.OPERATIONAL_DISCONNECT: "operational",
-    Reason.NETWORK: "network",
-    Reason.STALL: "network",
-    Reason.SERVER_ERROR: "http",
-    Reason.RULES_CAP: "rules_cap",
-    Reason.NO_RULES: "no_rules",
-    Reason.RATE_LIMITED: "rate_limit",
-    Reason.TOO_MANY_CONNECTIONS: "too_many_connections",
-    Reason.USAGE_CAP: "usage_cap",
-    Reason.SPOOL_FULL: "local",
-    Reason.SHUTDOWN: "local",
-}
+# --- decisions ---------------------------------------------------------------------------
 
 
-def _exponential(initial: float, maximum: float, n: int) -> float:
+@dataclass(frozen=True, slots=True)
+class Delay:
+    """Wait `seconds`, then make attempt number `attempt`."""
+
+    seconds: float
+    reason: Reason
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Re-sync the rules, then report how it went to `after_resync`."""
+
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForRoom:
+    """Reconnect once the spool has room again."""
+
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """Stop trying; the process ends with `code`."""
+
+    code: ExitCode
+    reason: Reason
+    detail: str
+
+
+Decision = Delay | Resync | WaitForRoom | Exit
+
+
+# --- schedules ---------------------------------------------------------------------------
+
+Schedule = Callable[[BackoffSettings, int], float]
+
+
+def _doubling(initial: float, maximum: float, n: int) -> float:
     return min(initial * 2.0 ** min(n, _MAX_EXPONENT), maximum)
 
 
+def _network(s: BackoffSettings, n: int) -> float:
+    return min(n * s.network_step, s.network_max)
+
+
+def _http(s: BackoffSettings, n: int) -> float:
+    return _doubling(s.http_initial, s.http_max, n)
+
+
+def _at_once_then_http(s: BackoffSettings, n: int) -> float:
+    return 0.0 if n == 0 else _http(s, n - 1)
+
+
+def _rate_limit(s: BackoffSettings, n: int) -> float:
+    return _doubling(s.rate_limit_initial, s.rate_limit_max, n)
+
+
+def _usage_cap(s: BackoffSettings, n: int) -> float:
+    return _doubling(s.usage_cap_initial, s.usage_cap_max, n)
+
+
+@dataclass(frozen=True)
+class Family:
+    """Reasons of one family (same `name`) share one failure counter."""
+
+    name: str
+    schedule: Schedule
+    honours_reset: bool = False  # never earlier than the x-rate-limit-reset
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Which reasons are retried on which schedule, and how a reset header is taken."""
+
+    families: Mapping[Reason, Family]
+    jitter: bool  # add up to `backoff.jitter` of each delay
+    reset_margin: float  # seconds past the reset before the next attempt
+    reset_clip: float  # a reset further ahead than this is not credible
+
+
+_NETWORK = Family("network", _network)
+STREAM = Profile(
+    families={
+        Reason.OPERATIONAL_DISCONNECT: Family("operational", _at_once_then_http),
+        Reason.NETWORK: _NETWORK,
+        Reason.STALL: _NETWORK,
+        Reason.SERVER_ERROR: Family("http", _http),
+        Reason.RULES_CAP: Family("rules_cap", _http),
+        Reason.NO_RULES: Family("no_rules", _http),
+        Reason.RATE_LIMITED: Family("rate_limit", _rate_limit, honours_reset=True),
+        Reason.TOO_MANY_CONNECTIONS: Family("too_many_connections", _rate_limit),
+        Reason.USAGE_CAP: Family("usage_cap", _usage_cap),
+    },
+    jitter=True,
+    reset_margin=0.0,
+    reset_clip=MAX_RESET_WAIT,
+)
+
+_RULES_ENDPOINT = Family("rules_endpoint", _http)
+RULES_ENDPOINTS = Profile(
+    families={
+        Reason.NETWORK: _RULES_ENDPOINT,
+        Reason.SERVER_ERROR: _RULES_ENDPOINT,
+        Reason.USAGE_CAP: _RULES_ENDPOINT,  # 402: credits pass when topped up
+        Reason.RATE_LIMITED: Family("rules_endpoint", _http, honours_reset=True),
+    },
+    jitter=False,
+    reset_margin=1.0,  # the reset is whole seconds: the window may not have rolled yet
+    reset_clip=math.inf,  # the daemon waits out any reset; max_wait bounds a command
+)
+
+# Reasons no retry can fix: only a person can (the token, the app's tier, the request).
+_FATAL: dict[Reason, ExitCode] = {
+    Reason.UNAUTHORIZED: ExitCode.CREDENTIALS,
+    Reason.FORBIDDEN: ExitCode.CREDENTIALS,
+    Reason.INVALID_REQUEST: ExitCode.CONFIG,
+}
+
+
+# --- the policy --------------------------------------------------------------------------
+
+
 class ReconnectPolicy:
-    """Decides how long to wait before the next connect; one instance per stream."""
+    """Decides what follows a failure; one instance per stream or rules client."""
 
     def __init__(
         self,
         settings: BackoffSettings,
         *,
+        profile: Profile = STREAM,
+        max_attempts: int | None = None,
+        max_wait: float = math.inf,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self._settings = settings
+        self._profile = profile
+        self._max_attempts = max_attempts
+        self._max_wait = max_wait
         self._clock = clock
         self._rand = rand
         self._failures: dict[str, int] = {}
-        self._attempts = 0
+        self._started = 0  # attempts since the last healthy one
         self._connected_at: float | None = None
+
+    @classmethod
+    def for_rules(
+        cls,
+        settings: BackoffSettings,
+        *,
+        max_attempts: int | None = None,
+        max_wait: float = math.inf,
+        clock: Callable[[], float] = time.time,
+    ) -> ReconnectPolicy:
+        """The rules endpoints' policy: forever by default (the daemon); a command passes
+        its `max_attempts` and `max_wait`."""
+        return cls(settings, profile=RULES_ENDPOINTS, max_attempts=max_attempts,
+                   max_wait=max_wait, clock=clock)
+
+    def start_attempt(self) -> int:
+        """A connect (or request) is being made: its number since the last healthy one."""
+        self._started += 1
+        return self._started
 
     def on_connected(self) -> None:
         """The stream answered 200. Not healthy yet: it must deliver data or stay up."""
         self._connected_at = self._clock()
 
     def on_data(self) -> None:
-        """The connection delivered data: it is healthy, reset every counter."""
-        self._reset()
+        """The connection delivered data (the request got a good answer): it is healthy,
+        every counter resets."""
+        self._failures.clear()
+        self._started = 0
 
-    def attempt(self) -> int:
-        """Reconnects scheduled since the last healthy connection (0: none yet)."""
-        self._check_healthy_by_time()
-        return self._attempts
-
-    def next_delay(self, c: Classification) -> float:
-        """Seconds to wait before the next connect after `c`; records the failure.
-
-        Raises FatalDisconnect for reasons that must never be retried.
-        """
-        exit_code = c.reason.fatal_exit_code
-        if exit_code is not None:
-            raise FatalDisconnect(c.reason.value, exit_code, c.detail or "")
+    def decide(self, c: Classification) -> Decision:
+        """What follows the end (or failure) `c`; records the failure."""
+        code = _FATAL.get(c.reason)
+        if code is not None:
+            return Exit(code, c.reason, c.detail or "")
+        if c.reason is Reason.SHUTDOWN:
+            return Exit(ExitCode.OK, c.reason, c.detail or "")
         self._check_healthy_by_time()
         self._connected_at = None  # this connection (if any) is over
+        if c.reason is Reason.SPOOL_FULL:
+            return WaitForRoom(c.reason)  # our own choice, not X's: no backoff
+        if c.reason is Reason.NO_RULES:
+            return Resync(c.reason)
+        return self._delay(c)
 
-        family = _FAMILY[c.reason]
-        n = self._failures.get(family, 0)
-        self._failures[family] = n + 1
-        self._attempts += 1
-        return self._jittered(self._base_delay(c, n))
+    def after_resync(self, c: Classification, *, synced: bool) -> Delay | Exit:
+        """After `Resync`: reconnect on the no_rules schedule if the server holds rules
+        now, else exit 78 (there is nothing to stream)."""
+        if not synced:
+            return Exit(ExitCode.CONFIG, c.reason, NO_RULES_LEFT)
+        return self._delay(c)
+
+    def until_reset(self, reset_at: float, detail: str) -> Delay | Exit:
+        """A wait for a rate-limit window to reset before the next request (pacing, not a
+        failure: nothing is counted). `detail` says which window, should it be too long."""
+        until = reset_at - self._clock()
+        seconds = until + self._profile.reset_margin if until > 0 else 0.0
+        return self._bounded(Delay(seconds, Reason.RATE_LIMITED, self._started + 1), detail)
 
     # --- internals ---------------------------------------------------------------------
 
-    def _base_delay(self, c: Classification, n: int) -> float:
-        s = self._settings
-        reason = c.reason
-        if reason is Reason.OPERATIONAL_DISCONNECT:
-            return 0.0 if n == 0 else _exponential(s.http_initial, s.http_max, n - 1)
-        if reason in (Reason.NETWORK, Reason.STALL):
-            return min(n * s.network_step, s.network_max)
-        if reason in (Reason.SERVER_ERROR, Reason.RULES_CAP, Reason.NO_RULES):
-            return _exponential(s.http_initial, s.http_max, n)
-        if reason is Reason.RATE_LIMITED:
-            delay = _exponential(s.rate_limit_initial, s.rate_limit_max, n)
-            if c.retry_after is not None:
-                until_reset = min(c.retry_after - self._clock(), MAX_RESET_WAIT)
-                delay = max(delay, until_reset)
-            return delay
-        if reason is Reason.TOO_MANY_CONNECTIONS:
-            return _exponential(s.rate_limit_initial, s.rate_limit_max, n)
-        if reason is Reason.USAGE_CAP:
-            return _exponential(s.usage_cap_initial, s.usage_cap_max, n)
-        return 0.0  # spool_full, shutdown: the caller decides
+    def _delay(self, c: Classification) -> Delay | Exit:
+        detail = c.detail or str(c.reason)
+        family = self._profile.families.get(c.reason)
+        if family is None:
+            return Exit(ExitCode.INTERNAL, c.reason, f"not retried here: {detail}")
+        if self._max_attempts is not None and self._started >= self._max_attempts:
+            return Exit(ExitCode.INTERNAL, c.reason,
+                        f"gave up after {self._max_attempts} attempts: {detail}")
+        n = self._failures.get(family.name, 0)
+        self._failures[family.name] = n + 1
+        seconds = family.schedule(self._settings, n)
+        if family.honours_reset:
+            seconds = max(seconds, self._until_reset(c.reset_at) + self._profile.reset_margin)
+        return self._bounded(Delay(self._jittered(seconds), c.reason, self._started + 1),
+                             detail)
+
+    def _until_reset(self, reset_at: float | None) -> float:
+        if reset_at is None:
+            return 0.0
+        return min(reset_at - self._clock(), self._profile.reset_clip)
+
+    def _bounded(self, delay: Delay, detail: str) -> Delay | Exit:
+        if delay.seconds > self._max_wait:
+            return Exit(
+                ExitCode.INTERNAL, delay.reason,
+                f"{detail}: the next request is allowed in {delay.seconds:.0f} s, "
+                f"longer than the {self._max_wait:.0f} s we wait",
+            )
+        return delay
 
     def _jittered(self, delay: float) -> float:
         if delay <= 0.0:
             return 0.0
+        if not self._profile.jitter:
+            return delay
         return delay * (1.0 + self._rand() * self._settings.jitter)
 
     def _check_healthy_by_time(self) -> None:
         started = self._connected_at
         if started is not None and self._clock() - started >= self._settings.healthy_after:
-            self._reset()
-            # Still connected: keep the mark so the connection end is measured from it.
-            self._connected_at = started
-
-    def _reset(self) -> None:
-        self._failures.clear()
-        self._attempts = 0
+            self.on_data()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -22,6 +22,7 @@ from streamd import __version__
 from streamd.config import Settings
 from streamd.dedup import Deduplicator
 from streamd.errors import FatalDisconnect
+from streamd.flow import Changes, Gate
 from streamd.ops.logs import Logger
 from streamd.ops.metrics import Metrics
 from streamd.reasons import ExitCode, Reason
@@ -29,14 +30,21 @@ from streamd.records import DLQ_DECODE, DLQ_OVERSIZE, OutRecord, dlq_record, rfc
 from streamd.x.body import Inflater, read_capped
 from streamd.x.classify import (
     Classification,
-    classify_connect_response,
+    classify_answer,
     classify_eof,
     classify_transport_error,
-    header_number,
 )
 from streamd.x.framing import LineFramer, Oversize
 from streamd.x.lines import ErrorMessage, interpret_line
-from streamd.x.reconnect import ReconnectPolicy
+from streamd.x.reconnect import (
+    Decision,
+    Delay,
+    Exit,
+    ReconnectPolicy,
+    Resync,
+    WaitForRoom,
+)
+from streamd.x.wire import RateLimit, parse_answer, rate_limit, stream_query
 
 STREAM_PATH = "/2/tweets/search/stream"
 USER_AGENT = f"streamd/{__version__} (+filtered-stream to Kafka; httpx/{httpx.__version__})"
@@ -62,15 +70,6 @@ def queue_batches(queue_size: int) -> int:
     return max(4, queue_size // QUEUE_BATCH)
 
 
-
-
-def stream_params(settings: Settings, *, backfill_minutes: int = 0) -> dict[str, str]:
-    params = settings.x.stream_params()
-    if backfill_minutes > 0:
-        params["backfill_minutes"] = str(backfill_minutes)
-    return params
-
-
 def make_client(settings: Settings, token: str) -> httpx.AsyncClient:
     """A client for X: HTTP/2 when the server offers it, gzip accepted, no read timeout
     (the stream's stall watchdog owns that; the rules calls set their own)."""
@@ -93,6 +92,16 @@ def backfill_for_gap(gap_seconds: float, configured_minutes: int) -> int:
     if configured_minutes <= 0 or gap_seconds <= 0:
         return 0
     return min(configured_minutes, max(1, math.ceil(gap_seconds / 60.0)))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """What the reader tells the rest of the daemon (readiness, STATUS=, the watchdog)."""
+
+    connected: bool = False
+    usage_capped: bool = False  # from a usage_cap end until the next successful connect
+    in_backoff: bool = False  # waiting on purpose: a reconnect delay, a full spool
+    last_reason: Reason | None = None  # why the last connection ended; None once connected
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +140,7 @@ def _rfc3339(epoch_seconds: float) -> str:
 
 
 def _no_headers(seconds: float) -> Classification:
-    return Classification(Reason.STALL, None, None, None, None,
-                          f"no response headers within {seconds:g} s", None)
+    return Classification(Reason.STALL, detail=f"no response headers within {seconds:g} s")
 
 
 class StreamReader:
@@ -146,10 +154,15 @@ class StreamReader:
         *,
         dedup: Deduplicator | None = None,
         on_no_rules: Callable[[], Awaitable[bool]] | None = None,
-        room: Callable[[], anyio.Event] | None = None,
+        room: Gate | None = None,
+        changes: Changes | None = None,
         clock: Callable[[], float] = time.time,
         last_read_at: float | None = None,
     ) -> None:
+        """`policy` decides every reconnect; `on_no_rules` re-syncs the rules after a 409
+        (True: the server holds rules now); `room` is the spool's room (closed: the reader
+        stays off X); `changes` hears of every change of `connected`, `usage_capped`,
+        `in_backoff` and `last_reason`."""
         self._settings = settings
         # A fresh client, hence a fresh connection, for every connect: after a stall, a
         # connect timeout or our own close mid-body the old socket may be half dead, and
@@ -161,24 +174,21 @@ class StreamReader:
         self._policy = policy
         self._dedup = dedup
         self._on_no_rules = on_no_rules
-        # The publisher's "spool has room" event: while unset, the reader stays off X.
         self._room = room
+        self._changes = changes
         self._clock = clock
         self._ce_source = settings.kafka.ce_source.encode()
         self._stopping = False
         self._stop_by = math.inf  # monotonic: a read still inflating past this is dropped
         self._read_scope: anyio.CancelScope | None = None
-        self._healthy_since_connect = False
-        self.connected = False
-        self.in_backoff = False  # sleeping out a scheduled reconnect delay
-        self.usage_capped = False
+        self._healthy_since_connect = False  # the policy has heard of this connection's data
+        self._state = StreamState()
         self.received = 0
         self.duplicates = 0
         self.last_progress = time.monotonic()
         # Wall-clock time of the last read from X (tweets and heartbeats alike): the start
         # of the gap that the next connect closes. Persisted by the daemon across restarts.
         self.last_read_at = last_read_at
-        self.last_reason: Reason | None = None
 
     def stop(self) -> None:
         """Stop reading: end the current connection or backoff wait; run() then returns."""
@@ -189,36 +199,52 @@ class StreamReader:
             self._read_scope.cancel()
 
     async def run(self, send: MemoryObjectSendStream[list[OutRecord]]) -> None:
-        """Connect, read, classify, back off; until stop() or a fatal reason (raised as
-        FatalDisconnect). Closes `send` on the way out so the publisher drains and ends."""
+        """Connect, read, classify, and do what the policy decides; until stop() or a
+        decision to exit (raised as FatalDisconnect). Closes `send` on the way out so the
+        publisher drains and ends."""
         async with send:
-            attempt = 0
             while not self._stopping:
                 await self._wait_for_room()  # e.g. a full spool left by a previous run
                 if self._stopping:
                     return
-                attempt += 1
-                outcome = await self._session(send, attempt)
-                self._set_connected(False)
+                outcome = await self._session(send, self._policy.start_attempt())
+                self._update(replace(self._state, connected=False))
                 if self._stopping:
                     return
-                if self._healthy_since_connect:
-                    attempt = 0  # counts connects since the last one that delivered data
-                await self._after_disconnect(outcome, attempt)
+                self._note_disconnect(outcome)
+                await self._obey(outcome, self._policy.decide(outcome))
+
+    async def _obey(self, outcome: Classification, decision: Decision) -> None:
+        """Carry out the policy's decision on `outcome`; returns when it is time to connect."""
+        if isinstance(decision, Resync):
+            synced = self._on_no_rules is not None and await self._on_no_rules()
+            if self._stopping:
+                return
+            decision = self._policy.after_resync(outcome, synced=synced)
+        if isinstance(decision, WaitForRoom):
+            await self._wait_for_room()
+        elif isinstance(decision, Delay):
+            reason = str(decision.reason)
+            self._log.info("stream.reconnect_scheduled", reason=reason,
+                           attempt=decision.attempt, delay_s=round(decision.seconds, 3))
+            self._metrics.reconnect_delay.labels(reason=reason).observe(decision.seconds)
+            await self._wait_on_purpose(anyio.sleep(decision.seconds))
+        elif isinstance(decision, Exit):
+            if decision.code is not ExitCode.OK:
+                raise FatalDisconnect(str(decision.reason), decision.code, decision.detail)
+            self.stop()
 
     async def _wait_for_room(self) -> None:
-        if self._room is None:
-            return
-        room = self._room()
-        if room.is_set():
+        room = self._room
+        if room is None or room.is_open():
             return
         self._log.warning("stream.paused", reason=str(Reason.SPOOL_FULL),
                           detail="spool full: not reading X until it has room")
-        await self._wait_on_purpose(room.wait())
+        await self._wait_on_purpose(room.wait_open())
 
     async def _wait_on_purpose(self, waiting: Awaitable[Any]) -> None:
         """A deliberate wait (backoff, full spool): stop() ends it; the watchdog knows."""
-        self.in_backoff = True
+        self._update(replace(self._state, in_backoff=True))
         try:
             with anyio.CancelScope() as scope:
                 self._read_scope = scope
@@ -227,9 +253,9 @@ class StreamReader:
                 await waiting
         finally:
             self._read_scope = None
-            self.in_backoff = False
+            self._update(replace(self._state, in_backoff=False))
 
-    async def _after_disconnect(self, c: Classification, attempt: int) -> None:
+    def _note_disconnect(self, c: Classification) -> None:
         fields: dict[str, Any] = {"reason": str(c.reason)}
         if c.status is not None:
             fields["status"] = c.status
@@ -239,41 +265,39 @@ class StreamReader:
             fields["detail"] = c.detail
         self._log.warning("stream.disconnected", **fields)
         self._metrics.stream_disconnects.labels(reason=str(c.reason)).inc()
-        self.last_reason = c.reason
-        if c.reason is Reason.USAGE_CAP:
-            # Cleared by the next successful connect, not by any other failure.
-            self.usage_capped = True
-            self._metrics.usage_capped.set(1)
-        if c.reason is Reason.SPOOL_FULL:
-            # Our own choice, not X's: reconnect as soon as there is room, no backoff.
-            await self._wait_for_room()
+        # A usage cap is cleared by the next successful connect, not by any other failure.
+        capped = self.usage_capped or c.reason is Reason.USAGE_CAP
+        self._update(replace(self._state, last_reason=c.reason, usage_capped=capped))
+
+    def _update(self, state: StreamState) -> None:
+        """The one way the observable state changes: its gauges follow, `changes` hears."""
+        if state == self._state:
             return
-        if c.reason is Reason.NO_RULES:
-            synced = self._on_no_rules is not None and await self._on_no_rules()
-            if self._stopping:
-                return
-            if not synced:
-                raise FatalDisconnect(
-                    str(c.reason), ExitCode.CONFIG,
-                    "the stream has no rules and none are configured: add [[rules.rule]] "
-                    "entries (rules.mode = \"sync\" or \"add\") or create rules on X",
-                )
-        delay = self._policy.next_delay(c)  # raises FatalDisconnect for fatal reasons
-        self._log.info(
-            "stream.reconnect_scheduled", reason=str(c.reason), attempt=attempt + 1,
-            delay_s=round(delay, 3),
-        )
-        self._metrics.reconnect_delay.labels(reason=str(c.reason)).observe(delay)
-        await self._wait_on_purpose(anyio.sleep(delay))
+        self._state = state
+        self._metrics.stream_connected.set(1 if state.connected else 0)
+        self._metrics.usage_capped.set(1 if state.usage_capped else 0)
+        if self._changes is not None:
+            self._changes.notify()
 
-    def _set_connected(self, connected: bool) -> None:
-        self.connected = connected
-        self._metrics.stream_connected.set(1 if connected else 0)
+    @property
+    def connected(self) -> bool:
+        return self._state.connected
 
-    def _note_rate_limit(self, headers: Mapping[str, str]) -> None:
-        remaining = header_number(headers, "x-rate-limit-remaining")
-        if remaining is not None:
-            self._metrics.x_rate_limit_remaining.labels(endpoint="stream").set(int(remaining))
+    @property
+    def usage_capped(self) -> bool:
+        return self._state.usage_capped
+
+    @property
+    def in_backoff(self) -> bool:
+        return self._state.in_backoff
+
+    @property
+    def last_reason(self) -> Reason | None:
+        return self._state.last_reason
+
+    def _note_rate_limit(self, limits: RateLimit) -> None:
+        if limits.remaining is not None:
+            self._metrics.x_rate_limit_remaining.labels(endpoint="stream").set(limits.remaining)
 
     def _backfill_minutes(self) -> int:
         if self.last_read_at is None:
@@ -283,12 +307,9 @@ class StreamReader:
 
     def _on_connected(self, attempt: int, backfill_minutes: int) -> None:
         now = self._clock()
-        self._set_connected(True)
         self._policy.on_connected()
-        if self.usage_capped:
-            self.usage_capped = False  # X let us in: the cap no longer holds
-            self._metrics.usage_capped.set(0)
-        self.last_reason = None
+        # X let us in: the usage cap no longer holds.
+        self._update(replace(self._state, connected=True, usage_capped=False, last_reason=None))
         self._log.info("stream.connected", attempt=attempt,
                        **({"backfill_minutes": backfill_minutes} if backfill_minutes else {}))
         if self.last_read_at is not None:
@@ -306,7 +327,7 @@ class StreamReader:
         """One connect and, if it succeeds, one connection's life. Returns why it ended."""
         self._healthy_since_connect = False
         framer = LineFramer(self._settings.stream.max_line_bytes)
-        outcome = Classification(Reason.SHUTDOWN, None, None, None, None, "stopping", None)
+        outcome = Classification(Reason.SHUTDOWN, detail="stopping")
         client = self._client_factory()
         try:
             with anyio.CancelScope() as scope:
@@ -332,7 +353,7 @@ class StreamReader:
         stall_timeout = self._settings.stream.stall_timeout
         backfill = self._backfill_minutes()
         request = client.build_request(
-            "GET", STREAM_PATH, params=stream_params(self._settings, backfill_minutes=backfill)
+            "GET", STREAM_PATH, params=stream_query(self._settings.x, backfill_minutes=backfill)
         )
         try:
             # X may accept the request and never answer: the wait for the response headers
@@ -342,10 +363,12 @@ class StreamReader:
             if waiting.cancelled_caught:
                 return _no_headers(stall_timeout)
             try:
-                self._note_rate_limit(resp.headers)
                 if resp.status_code != 200:
                     body = await _read_bounded(resp, _MAX_ERROR_BODY, stall_timeout)
-                    return classify_connect_response(resp.status_code, resp.headers, body)
+                    answer = parse_answer(resp.status_code, resp.headers, body)
+                    self._note_rate_limit(answer.rate_limit)
+                    return classify_answer(answer)
+                self._note_rate_limit(rate_limit(resp.headers))
                 # Before "connected": a body we cannot decode is a failed connect, a
                 # protocol problem like any other (httpx.DecodingError, reason network).
                 inflater = Inflater(resp.headers.get("content-encoding"))
@@ -365,7 +388,7 @@ class StreamReader:
     ) -> Classification:
         """Read until the body ends, stalls, fails, or we stop; return why it ended.
 
-        The body is read raw and inflated here in slices of at most 64 KiB (bounded.py): a
+        The body is read raw and inflated here in slices of at most 64 KiB (body.py): a
         gzip bomb costs CPU, never memory. Each network read is taken in whole, slice by
         slice, turning the event loop between slices (and every FRAMES_PER_TURN lines), so a
         signal, the ops endpoint and the publisher keep running. A stop() is heeded after
@@ -386,10 +409,8 @@ class StreamReader:
                     except StopAsyncIteration:
                         return classify_eof(message)
                 if stall_scope.cancelled_caught:
-                    return Classification(
-                        Reason.STALL, 200, None, None, None,
-                        f"no data for {stall_timeout:g} s", None,
-                    )
+                    return Classification(Reason.STALL, status=200,
+                                          detail=f"no data for {stall_timeout:g} s")
                 self.last_progress = time.monotonic()
                 self.last_read_at = self._clock()
                 # Shielded: stop() cancels the read scope, and a read half taken would lose
@@ -402,10 +423,10 @@ class StreamReader:
                     raise broken
                 if self._stopping:
                     return message or classify_eof(None)
-                if self._room is not None and not self._room().is_set():
+                if self._room is not None and not self._room.is_open():
                     return Classification(
-                        Reason.SPOOL_FULL, 200, None, None, None,
-                        "spool full: closing the stream until it has room", None)
+                        Reason.SPOOL_FULL, status=200,
+                        detail="spool full: closing the stream until it has room")
         except (httpx.HTTPError, OSError) as exc:
             return message if message is not None else classify_transport_error(exc)
 
@@ -527,13 +548,12 @@ class StreamReader:
 
     def _on_error_message(self, msg: ErrorMessage) -> Classification | None:
         c = msg.classification
-        errors = msg.payload.get("errors")
-        first = errors[0] if isinstance(errors, list) and errors else {}
+        first = msg.answer.errors[0] if msg.answer.errors else None
         self._log.warning(
             "stream.error_message",
             reason=str(c.reason) if c else None,
-            title=first.get("title") if isinstance(first, dict) else None,
-            detail=(first.get("detail") if isinstance(first, dict) else None),
+            title=first.title if first else None,
+            detail=first.detail if first else None,
             disconnect_type=c.disconnect_type if c else None,
         )
         self._metrics.stream_lines.labels(kind="error").inc()
@@ -557,7 +577,7 @@ class StreamReader:
 
 async def _read_bounded(resp: httpx.Response, limit: int, seconds: float) -> bytes:
     """An error answer's body for its detail: decoded, cut at `limit`, what came within
-    `seconds` (bounded.py: never more than `limit` inflated bytes in memory)."""
+    `seconds` (body.py: never more than `limit` inflated bytes in memory)."""
     try:
         return await read_capped(resp, limit, seconds=seconds, truncate=True)
     except httpx.DecodingError:

@@ -11,10 +11,11 @@ import httpx
 import pytest
 from rules_fakes import PROBLEMS, FakeClock, FakeX
 
-from streamd.config import RuleSpec
+from streamd.config import BackoffSettings, RuleSpec
 from streamd.errors import CredentialsError, RulesSyncError
 from streamd.ops.metrics import Metrics
-from streamd.x.rules import RulesApi, ServerRule
+from streamd.x.reconnect import ReconnectPolicy
+from streamd.x.rules import RulesApi, ServerRule, terminal_policy
 
 MakeApi = Callable[..., RulesApi]
 
@@ -119,7 +120,7 @@ def test_5xx_and_network_errors_retry(fake_x: FakeX, clock: FakeClock,
         return inner(request)
 
     client = httpx.AsyncClient(base_url="https://x.test", transport=httpx.MockTransport(flaky))
-    api = RulesApi(client, sleep=clock.sleep, clock=clock)
+    api = RulesApi(client, policy=terminal_policy(clock=clock), sleep=clock.sleep)
     assert anyio.run(api.list_rules) == []
     assert clock.slept == [1.0, 2.0]
     assert api.requests == 3
@@ -161,7 +162,7 @@ def test_unreachable_server_is_transient_exit_70(clock: FakeClock) -> None:
         raise httpx.ConnectError("refused")
 
     client = httpx.AsyncClient(base_url="https://x.test", transport=httpx.MockTransport(refuse))
-    api = RulesApi(client, sleep=clock.sleep, clock=clock, max_attempts=4)
+    api = RulesApi(client, policy=terminal_policy(4, clock=clock), sleep=clock.sleep)
     with pytest.raises(RulesSyncError) as caught:
         anyio.run(api.list_rules)
     assert caught.value.reason == "network"
@@ -187,8 +188,9 @@ def test_daemon_mode_retries_indefinitely_on_the_given_schedule(clock: FakeClock
 
     retries: list[tuple[str, int, float]] = []
     client = httpx.AsyncClient(base_url="https://x.test", transport=httpx.MockTransport(flaky))
-    api = RulesApi(client, sleep=clock.sleep, clock=clock, max_attempts=None,
-                   retry_initial=5.0, retry_max=40.0, max_wait=math.inf,
+    daemon = ReconnectPolicy.for_rules(BackoffSettings(http_initial=5.0, http_max=40.0),
+                                       clock=clock)
+    api = RulesApi(client, policy=daemon, sleep=clock.sleep,
                    on_retry=lambda reason, n, delay, why: retries.append((reason, n, delay)))
     assert anyio.run(api.list_rules) == []
     assert api.requests == 13

@@ -95,12 +95,12 @@ def test_a_stop_ends_a_rules_wait_at_once() -> None:
                 # The first attempt failed and a 300 s wait began: the daemon is waiting on
                 # purpose (the systemd watchdog is fed) and says why.
                 await waiting.wait()
-                assert daemon._rules_busy == 1
-                assert str(daemon._rules_waiting).startswith("server_error")
-                daemon._stop(None)
+                assert daemon.state.rules_busy == 1
+                assert str(daemon.state.rules_waiting).startswith("server_error")
+                daemon.request_stop()
             return synced, anyio.current_time() - started
 
     synced, took = anyio.run(main)
     assert synced is False
     assert took < 5.0
-    assert daemon._rules_busy == 0
+    assert daemon.state.rules_busy == 0

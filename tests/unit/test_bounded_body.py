@@ -220,7 +220,7 @@ def test_the_rules_client_refuses_an_oversized_answer_as_a_transient_server_erro
     """RulesApi reads every answer with the cap: 20 MiB of rules is refused, retried as a
     server_error, and never buffered (the raw path: a network-like stream)."""
     from streamd.errors import RulesError
-    from streamd.x.rules import RulesApi
+    from streamd.x.rules import RulesApi, terminal_policy
 
     page = b'{"data":[' + b'{"id":"1","value":"x"},' * (1 << 20) + b'{"id":"2","value":"y"}]}'
     calls: list[str] = []
@@ -235,7 +235,7 @@ def test_the_rules_client_refuses_an_oversized_answer_as_a_transient_server_erro
 
     async def main() -> None:
         async with mock_client(httpx.MockTransport(answer)) as client:
-            await RulesApi(client, sleep=no_sleep, max_attempts=2).list_rules()
+            await RulesApi(client, policy=terminal_policy(2), sleep=no_sleep).list_rules()
 
     with pytest.raises(RulesError) as caught:
         anyio.run(main)
