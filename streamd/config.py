@@ -20,7 +20,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -55,7 +55,7 @@ _SECRET_KEYS = frozenset(
 # (section, key) of the values that are secrets when written in the config file itself.
 _INLINE_SECRETS = (("x", "bearer_token"), ("kafka", "sasl_password"))
 
-# --- X API field/expansion enums (x-filtered-stream.md §1.2, OpenAPI v2.166) -------------
+# --- X API field/expansion enums (https://docs.x.com/x-api/fundamentals/fields; OpenAPI 2.166)
 
 
 def _names(text: str) -> frozenset[str]:
@@ -348,18 +348,6 @@ class XSettings(_Section):
             )
         return token
 
-    def stream_params(self) -> dict[str, str]:
-        """The stream's query parameters for the field lists (empty lists are omitted)."""
-        pairs = {
-            "tweet.fields": self.tweet_fields,
-            "expansions": self.expansions,
-            "user.fields": self.user_fields,
-            "media.fields": self.media_fields,
-            "poll.fields": self.poll_fields,
-            "place.fields": self.place_fields,
-        }
-        return {name: ",".join(values) for name, values in pairs.items() if values}
-
 
 class StreamSettings(_Section):
     stall_timeout: float = Field(default=30.0, gt=0)
@@ -456,8 +444,19 @@ class KafkaSettings(_Section):
     max_in_flight_bytes: int = Field(default=4_194_304, ge=65_536)
     client_id: str = Field(default="streamd", min_length=1)
     ce_source: str = Field(default="https://api.x.com/2/tweets/search/stream", min_length=1)
-    publish_timeout: float = Field(default=10.0, gt=0)
+    # One timeout per phase, in seconds: a produce request's answer
+    # (aiokafka's request_timeout_ms); the publisher's own wait for a batch's ack, or for
+    # aiokafka to take a batch, before it keeps the records itself (spools them); starting
+    # the producer and fetching metadata; and the flush at shutdown.
+    request_timeout: float = Field(default=10.0, gt=0)
+    ack_timeout: float = Field(default=10.0, gt=0)
+    startup_timeout: float = Field(default=10.0, gt=0)
     flush_timeout: float = Field(default=15.0, gt=0)
+    # Deprecated: sets each of request_timeout, ack_timeout and startup_timeout that is
+    # not set itself (it used to be all three); Settings.warnings() names the new keys.
+    publish_timeout: float | None = Field(default=None, gt=0)
+    PUBLISH_TIMEOUT_SETS: ClassVar[tuple[str, ...]] = (
+        "request_timeout", "ack_timeout", "startup_timeout")
     security_protocol: Annotated[
         Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"], BeforeValidator(_upper)
     ] = "PLAINTEXT"
@@ -470,6 +469,15 @@ class KafkaSettings(_Section):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _publish_timeout_alias(self) -> KafkaSettings:
+        if self.publish_timeout is not None:
+            for key in self.PUBLISH_TIMEOUT_SETS:
+                if key not in self.model_fields_set:
+                    # Frozen model: the one place a field is filled in after validation.
+                    object.__setattr__(self, key, self.publish_timeout)
+        return self
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -568,8 +576,7 @@ _BACKOFF_FLOORS = {
 
 
 class BackoffSettings(_Section):
-    """Seconds. Field names match streamd.x.reconnect.BackoffSettings, so
-    `backoff.BackoffSettings(**settings.backoff.model_dump())` works."""
+    """Seconds; the reconnect policy (streamd.x.reconnect) takes this section as it is."""
 
     network_step: float = Field(default=0.25, ge=0)
     network_max: float = Field(default=16.0, ge=0)
@@ -710,6 +717,12 @@ class Settings(_Section):
             found.append(
                 "stream.backfill_minutes > 0 is honoured only on Enterprise access; other "
                 "tiers may reject or ignore it"
+            )
+        if self.kafka.publish_timeout is not None:
+            found.append(
+                "kafka.publish_timeout is deprecated: it sets kafka.request_timeout, "
+                "kafka.ack_timeout and kafka.startup_timeout where they are not set; set "
+                "those instead"
             )
         if self.kafka.max_batch_bytes > self.kafka.max_request_size:
             found.append("kafka.max_batch_bytes exceeds kafka.max_request_size")

@@ -14,6 +14,16 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable, Iterable
+from typing import Final
+
+# The duplicate window: reconnect overlaps and backfill (at most 5 minutes) fall inside it.
+# The daemon sizes its Deduplicator with these and reloads the window from the spool with
+# them; the spool keeps at most DEDUP_MAX_IDS ids on disk.
+DEDUP_WINDOW_S: Final = 900.0
+DEDUP_MAX_IDS: Final = 200_000
+# How long the spool keeps a remembered id on disk at most. Only the last DEDUP_WINDOW_S are
+# ever loaded back; this only bounds the table between restarts.
+REMEMBERED_MAX_AGE_S: Final = 86_400.0
 
 _Key = int | str
 
@@ -30,8 +40,8 @@ def _key(tweet_id: str) -> _Key:
 class Deduplicator:
     def __init__(
         self,
-        max_ids: int = 200_000,
-        window_seconds: float = 900.0,
+        max_ids: int = DEDUP_MAX_IDS,
+        window_seconds: float = DEDUP_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max_ids = max_ids

@@ -1,9 +1,14 @@
-"""The record both sides share: what the X side hands to the Kafka side.
+"""The record both sides share: what the X side hands to the Kafka side, and what the spool
+keeps until Kafka acknowledges it.
 
 `OutRecord` is a tweet for `kafka.topic` or a line for `kafka.dlq_topic`, with everything
-Kafka needs computed once (key, value verbatim, timestamp, headers); `dlq_record` builds the
-dead-letter form with its `streamd_dlq_reason` and a bounded, escaped `streamd_dlq_error`.
-How a stream line becomes one of these is `streamd.x.lines`.
+Kafka needs computed once (key, value verbatim, timestamp, headers) and the tags of the rules
+it matched; `dlq_record` builds the dead-letter form with its `streamd_dlq_reason` and a
+bounded, escaped `streamd_dlq_error`. How a stream line becomes one of these is
+`streamd.x.lines`; how the spool stores one (tags included) is `streamd.kafka.spool`.
+
+The label sets both sides count with (DLQ reasons, publish failure reasons) are defined here
+once; `streamd.ops.metrics` pre-initialises its series from them.
 """
 
 from __future__ import annotations
@@ -12,9 +17,22 @@ import re
 from datetime import UTC, datetime
 from typing import Final
 
+# Why a line went to the DLQ: the `streamd_dlq_reason` header values, and the label set of
+# streamd_tweets_dlq_total{reason}.
 DLQ_DECODE: Final = "decode"
 DLQ_VALIDATE: Final = "validate"
 DLQ_OVERSIZE: Final = "oversize"
+DLQ_REASONS: Final = (DLQ_DECODE, DLQ_VALIDATE, DLQ_OVERSIZE)
+
+# Why a publish attempt failed, the label set of streamd_publish_failures_total{reason}: no
+# ack in time, the broker not reachable, the record refused for its size, any other broker
+# error. Which exception is which: `streamd.kafka.failures.failure_reason`.
+FAILED_TIMEOUT: Final = "timeout"
+FAILED_UNAVAILABLE: Final = "unavailable"
+FAILED_TOO_LARGE: Final = "too_large"
+FAILED_OTHER: Final = "other"
+PUBLISH_FAILURE_REASONS: Final = (
+    FAILED_TIMEOUT, FAILED_UNAVAILABLE, FAILED_TOO_LARGE, FAILED_OTHER)
 
 Header = tuple[str, bytes]
 
@@ -49,9 +67,11 @@ class OutRecord:
         self.value = value
         self.timestamp_ms = timestamp_ms
         self.headers = headers
-        # monotonic clock at read, for the receive-to-ack latency histogram
+        # monotonic clock at read, for the receive-to-ack latency histogram (derived from
+        # the timestamp for a record restored from the spool)
         self.read_at = read_at
         self.tweet_id = tweet_id
+        # the matched rules' tags, for streamd_tweets_published_by_rule_total
         self.tags = tags
 
     def size(self) -> int:

@@ -23,6 +23,12 @@ The count and byte totals live in a one-row table updated inside the same transa
 they are exactly as durable as the entries and are loaded at open without scanning.
 Tweet ids for deduplication live in a separate table, so they survive a restart too.
 
+A row is one `OutRecord` (streamd.records), its rule tags included, so a spooled tweet
+counts in streamd_tweets_published_by_rule_total when it is published. The schema has a
+version (`PRAGMA user_version`): an older database is migrated when it is opened (version 1
+had no tags: its rows come back with none), a newer one is refused, since this streamd
+cannot know what it would drop.
+
 One connection is owned by the Spool. All calls are synchronous; the publisher calls them
 from a worker thread (anyio.to_thread.run_sync), one at a time. An internal lock makes each
 call atomic with respect to the others, whichever thread it comes from.
@@ -42,17 +48,19 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Container, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
+from streamd.dedup import DEDUP_MAX_IDS, REMEMBERED_MAX_AGE_S
 from streamd.errors import SpoolError, SpoolFull, SpoolInUse
+from streamd.records import OutRecord
 
 DB_NAME = "spool.sqlite3"
 LOCK_NAME = "spool.lock"
 
-_SCHEMA_VERSION = 1
+# 1: the first. 2: entries.tags (the rule tags of a tweet; NULL when none).
+_SCHEMA_VERSION = 2
 
 # SQLite's default host-parameter limit is 32766 (999 before 3.32): stay under the old one.
 _MAX_PARAMS = 900
@@ -75,7 +83,8 @@ CREATE TABLE IF NOT EXISTS entries (
     tweet_id TEXT,
     key BLOB,
     headers BLOB NOT NULL,
-    value BLOB NOT NULL
+    value BLOB NOT NULL,
+    tags BLOB
 );
 CREATE TABLE IF NOT EXISTS totals (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -95,14 +104,11 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
-@dataclass(frozen=True, slots=True)
-class SpoolEntry:
-    dlq: bool
-    key: bytes | None
-    value: bytes
-    timestamp_ms: int
-    headers: list[tuple[str, bytes]]
-    tweet_id: str | None
+# Migrations from each older version to the next, each run in one transaction with the
+# version bump, so an interrupted one is simply run again at the next open.
+_MIGRATIONS: dict[int, str] = {
+    1: "ALTER TABLE entries ADD COLUMN tags BLOB",
+}
 
 
 def encode_headers(headers: Sequence[tuple[str, bytes]]) -> bytes:
@@ -133,7 +139,18 @@ def decode_headers(blob: bytes) -> list[tuple[str, bytes]]:
     return headers
 
 
+def encode_tags(tags: Sequence[str]) -> bytes | None:
+    """The tags as a blob (None for none), in the header encoding: lossless for any str."""
+    return encode_headers([(tag, b"") for tag in tags]) if tags else None
+
+
+def decode_tags(blob: bytes | None) -> tuple[str, ...]:
+    return tuple(name for name, _ in decode_headers(blob)) if blob else ()
+
+
 def _entry_size(key: bytes | None, value: bytes, headers_blob: bytes) -> int:
+    # What spool.max_bytes bounds (and streamd_spool_bytes shows): the record as Kafka gets
+    # it. Tags are not counted: they are a copy of ce_ruletags, a few bytes.
     return len(value) + (len(key) if key is not None else 0) + len(headers_blob)
 
 
@@ -143,16 +160,17 @@ def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
 
 
 class Spool:
-    """Durable FIFO of SpoolEntry, addressed by monotonic sequence numbers."""
+    """Durable FIFO of OutRecord, addressed by monotonic sequence numbers."""
 
     def __init__(
         self,
         directory: Path,
         max_bytes: int,
         *,
-        max_remembered_ids: int = 200_000,
-        remembered_max_age_seconds: float = 86_400.0,
+        max_remembered_ids: int = DEDUP_MAX_IDS,
+        remembered_max_age_seconds: float = REMEMBERED_MAX_AGE_S,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
@@ -162,6 +180,7 @@ class Spool:
         self._max_ids = max_remembered_ids
         self._ids_max_age = remembered_max_age_seconds
         self._clock = clock
+        self._monotonic = monotonic
         self._lock = threading.Lock()
         self._lock_fd = -1
         self._conn = self._open()
@@ -249,15 +268,22 @@ class Spool:
             conn.execute("PRAGMA synchronous = FULL")
             # After a checkpoint, cut the log back so an outage's burst does not keep it big.
             conn.execute("PRAGMA journal_size_limit = 67108864")
-            conn.executescript(_SCHEMA)
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version == 0:
-                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            elif version != _SCHEMA_VERSION:
+            version = _schema_version(conn)
+            if version > _SCHEMA_VERSION:
                 raise SpoolError(
                     f"spool {self.path}: schema version {version}, this streamd knows "
                     f"{_SCHEMA_VERSION}"
                 )
+            if version == 0:
+                # A new database: its tables and its version in one transaction, so a
+                # crash cannot leave tables without a version.
+                conn.executescript(
+                    f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {_SCHEMA_VERSION};"
+                    " COMMIT;")
+            else:
+                self._migrate(conn, version)
+                # Tables that version-1 releases added without a version bump (meta).
+                conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             conn.close()
             raise SpoolError(f"spool {self.path}: cannot initialise: {exc}") from exc
@@ -270,6 +296,13 @@ class Spool:
         with contextlib.suppress(OSError):
             os.chmod(self.path, 0o600)
         return conn
+
+    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
+        while version < _SCHEMA_VERSION:
+            with _Transaction(conn, self.path, f"migrate from schema version {version}"):
+                conn.execute(_MIGRATIONS[version])
+                version += 1
+                conn.execute(f"PRAGMA user_version = {version}")
 
     # -- entries ---------------------------------------------------------------------------
 
@@ -288,7 +321,7 @@ class Spool:
     def free_fraction(self) -> float:
         return max(0.0, 1.0 - self._bytes / self.max_bytes)
 
-    def append(self, entries: Sequence[SpoolEntry], *, force: bool = False) -> list[int]:
+    def append(self, records: Sequence[OutRecord], *, force: bool = False) -> list[int]:
         """Store the batch in one transaction (one fsync); return its sequence numbers.
 
         Raises SpoolFull, with nothing written, if the batch would go over max_bytes or the
@@ -296,37 +329,39 @@ class Spool:
         is worse than holding more than the bound meant for normal operation, so only the
         disk itself may refuse.
         """
-        if not entries:
+        if not records:
             return []
-        rows: list[tuple[int, int, int, str | None, bytes | None, bytes, bytes]] = []
+        rows: list[tuple[int, int, int, str | None, bytes | None, bytes, bytes, bytes | None]] = []
         batch_bytes = 0
-        for entry in entries:
-            headers_blob = encode_headers(entry.headers)
-            size = _entry_size(entry.key, entry.value, headers_blob)
+        for record in records:
+            headers_blob = encode_headers(record.headers)
+            size = _entry_size(record.key, record.value, headers_blob)
             batch_bytes += size
             rows.append(
                 (
                     size,
-                    int(entry.dlq),
-                    entry.timestamp_ms,
-                    entry.tweet_id,
-                    entry.key,
+                    int(record.dlq),
+                    record.timestamp_ms,
+                    record.tweet_id,
+                    record.key,
                     headers_blob,
-                    entry.value,
+                    record.value,
+                    encode_tags(record.tags),
                 )
             )
         with self._lock:
             if not force and self._bytes + batch_bytes > self.max_bytes:
                 raise SpoolFull(
-                    f"spool {self.path}: batch of {len(entries)} entries ({batch_bytes} bytes) "
+                    f"spool {self.path}: batch of {len(records)} entries ({batch_bytes} bytes) "
                     f"does not fit: {self._bytes} of {self.max_bytes} bytes used"
                 )
             with self._transaction("append"):
                 conn = self._conn
                 seqs: list[int] = []
                 insert = (
-                    "INSERT INTO entries (size, dlq, timestamp_ms, tweet_id, key, headers, value)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO entries"
+                    " (size, dlq, timestamp_ms, tweet_id, key, headers, value, tags)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 )
                 for row in rows:
                     cursor = conn.execute(insert, row)
@@ -345,38 +380,46 @@ class Spool:
         limit: int = 1000,
         max_bytes: int = 1 << 20,
         skip: Container[int] = frozenset(),
-    ) -> list[tuple[int, SpoolEntry]]:
-        """The oldest entries, oldest first, without removing them.
+    ) -> list[tuple[int, OutRecord]]:
+        """The oldest records, oldest first, without removing them.
 
-        At most `limit` entries and about `max_bytes`; always at least one entry if any, so
-        an entry bigger than `max_bytes` cannot block the spool. Entries whose seq is in
+        At most `limit` records and about `max_bytes`; always at least one record if any,
+        so a record bigger than `max_bytes` cannot block the spool. Rows whose seq is in
         `skip` are passed over without being decoded or counted.
+
+        The monotonic read time of a record does not survive a restart: it is derived from
+        the record's timestamp, so the latency histogram still measures read -> ack.
         """
         if limit <= 0:
             return []
-        out: list[tuple[int, SpoolEntry]] = []
+        out: list[tuple[int, OutRecord]] = []
         total = 0
+        # monotonic read time = timestamp + offset, never later than now
+        now = self._monotonic()
+        offset = now - self._clock()
         with self._lock:
             cursor = self._conn.execute(
-                "SELECT seq, size, dlq, timestamp_ms, tweet_id, key, headers, value"
+                "SELECT seq, size, dlq, timestamp_ms, tweet_id, key, headers, value, tags"
                 " FROM entries ORDER BY seq",
             )
             try:
-                for seq, size, dlq, timestamp_ms, tweet_id, key, headers, value in cursor:
+                for seq, size, dlq, timestamp_ms, tweet_id, key, headers, value, tags in cursor:
                     if seq in skip:
                         continue
                     if out and total + size > max_bytes:
                         break
                     total += size
-                    entry = SpoolEntry(
+                    record = OutRecord(
                         dlq=bool(dlq),
                         key=key,
                         value=value,
                         timestamp_ms=timestamp_ms,
                         headers=decode_headers(headers),
+                        read_at=min(now, timestamp_ms / 1000 + offset),
                         tweet_id=tweet_id,
+                        tags=decode_tags(tags),
                     )
-                    out.append((seq, entry))
+                    out.append((seq, record))
                     if len(out) >= limit:
                         break
             finally:
@@ -568,6 +611,17 @@ class _Transaction:
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
             return SpoolFull(f"spool {self._path}: {self._what}: disk full ({exc})")
         return SpoolError(f"spool {self._path}: {self._what} failed: {exc}")
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version == 0:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
+        if columns and "tags" not in columns:
+            # Version 1 created its tables before recording its version: a first open cut
+            # short in between left a version-1 database that says 0.
+            return 1
+    return int(version)
 
 
 def _fsync_directory(directory: Path) -> None:

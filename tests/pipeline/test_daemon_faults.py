@@ -37,7 +37,8 @@ def poll_max(port: int, name: str, seconds: float) -> float:
 
 def fault_config(sim: Simulator, broker: LocalBroker, topics: tuple[str, str], tmp_path: Path,
                  **overrides: dict[str, object]) -> dict[str, dict[str, object]]:
-    kafka = {"publish_timeout": 2.0, "flush_timeout": 10.0}
+    kafka = {"request_timeout": 2.0, "ack_timeout": 2.0, "startup_timeout": 2.0,
+             "flush_timeout": 10.0}
     kafka.update(overrides.pop("kafka", {}))  # type: ignore[arg-type]
     return daemon_config(sim.url, broker.bootstrap, *topics, tmp_path, kafka=kafka, **overrides)
 
@@ -84,20 +85,21 @@ def test_reader_keeps_pace_while_the_broker_stalls(
     spool instead of waiting on Kafka for every read."""
     sim.set_rate(2000.0)
     d = run_daemon(fault_config(sim, own_broker, topics_on, tmp_path,
-                                kafka={"publish_timeout": 30.0}))
+                                kafka={"request_timeout": 30.0, "ack_timeout": 30.0,
+                                       "startup_timeout": 30.0}))
     d.wait_event("stream.connected")
     port = d.port
     assert sim.wait_sent(3000, timeout=20)
     own_broker.pause()
     try:
         lags = []
-        for _ in range(12):  # ~6 s of the stall, well inside publish_timeout
+        for _ in range(12):  # ~6 s of the stall, well inside ack_timeout
             time.sleep(0.5)
             lags.append(len(sim.sent_tweets()) - metric(port, "streamd_tweets_received_total"))
         spooled = metric(port, "streamd_spool_messages")
     finally:
         own_broker.resume()
-    assert not d.named("kafka.unavailable"), "the stall outlasted publish_timeout"
+    assert not d.named("kafka.unavailable"), "the stall outlasted ack_timeout"
     # 2,000 tweets/s: a reader that keeps pace lags by a read or two, not by seconds (the
     # throttled reader this guards against fell ~400 tweets further behind every second)
     steady = sorted(lags[2:])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -14,7 +15,9 @@ import pytest
 
 from streamd.config import KafkaSettings
 from streamd.dev.broker import LocalBroker, free_port
+from streamd.flow import Changes
 from streamd.kafka.publisher import KafkaPublisher
+from streamd.kafka.spool import Spool
 from streamd.ops.logs import configure_logging, get_logger
 from streamd.ops.metrics import Metrics
 from streamd.records import OutRecord
@@ -64,16 +67,18 @@ class Attempts:
         self._log.warning(event, **kw)
 
 
-def test_kafka_down_logs_start_failed_once_per_interval(out: io.StringIO) -> None:
+def test_kafka_down_logs_start_failed_once_per_interval(
+    out: io.StringIO, tmp_path: Path,
+) -> None:
     nobody = free_port()  # connection refused: every producer start fails at once
     settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{nobody}", topic="t",
-                             dlq_topic="t.dlq", publish_timeout=2, flush_timeout=2)
+                             dlq_topic="t.dlq", startup_timeout=2, flush_timeout=2)
     metrics = Metrics()
 
     attempts = Attempts()
 
     async def main() -> None:
-        publisher = KafkaPublisher(settings, metrics, attempts)
+        publisher = KafkaPublisher(settings, metrics, attempts, spool=spool)
         send, receive = anyio.create_memory_object_stream[list[OutRecord]](16)
         async with anyio.create_task_group() as tg:
             tg.start_soon(publisher.run, receive)
@@ -85,7 +90,8 @@ def test_kafka_down_logs_start_failed_once_per_interval(out: io.StringIO) -> Non
             send.close()
             await publisher.shutdown(anyio.current_time() + 2)
 
-    anyio.run(main)
+    with Spool(tmp_path / "spool", 1 << 20) as spool:
+        anyio.run(main)
     assert attempts.failed >= 6
     assert len(events(out, "kafka.start_failed")) == 1
     assert len(events(out, "kafka.unavailable")) == 1  # a state change: never throttled
@@ -94,24 +100,31 @@ def test_kafka_down_logs_start_failed_once_per_interval(out: io.StringIO) -> Non
 
 @pytest.mark.broker
 def test_kafka_answering_at_start_up_is_not_a_recovery(
-    out: io.StringIO, broker: LocalBroker, topics: tuple[str, str],
+    out: io.StringIO, broker: LocalBroker, topics: tuple[str, str], tmp_path: Path,
 ) -> None:
     topic, dlq = topics
     settings = KafkaSettings(bootstrap_servers=broker.bootstrap, topic=topic, dlq_topic=dlq,
-                             enable_idempotence=False, publish_timeout=5, flush_timeout=10)
+                             enable_idempotence=False, ack_timeout=5, flush_timeout=10)
     metrics = Metrics()
 
     async def main() -> KafkaPublisher:
-        publisher = KafkaPublisher(settings, metrics, get_logger("streamd.kafka.publisher"))
+        changes = Changes()
+        publisher = KafkaPublisher(settings, metrics, get_logger("streamd.kafka.publisher"),
+                                   spool=spool, changes=changes)
         send, receive = anyio.create_memory_object_stream[list[OutRecord]](16)
         async with anyio.create_task_group() as tg:
             tg.start_soon(publisher.run, receive)
+            # Records read before the producer started would be spooled (and stay there:
+            # the shutdown does not drain): wait for Kafka first.
+            with anyio.fail_after(10):
+                await changes.wait(0)
             async with send:
                 await send.send(batch(0))
             await publisher.shutdown(anyio.current_time() + 10)
         return publisher
 
-    publisher = anyio.run(main)
+    with Spool(tmp_path / "spool", 1 << 20) as spool:
+        publisher = anyio.run(main)
     assert publisher.stats.published == 1
     assert metrics.registry.get_sample_value("streamd_kafka_available") == 1
     assert events(out, "kafka.recovered") == []

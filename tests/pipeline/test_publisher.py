@@ -1,9 +1,14 @@
 """The publisher against a real broker: batching, keys, headers, DLQ, acks counted; records
-too large for Kafka dead-lettered while their partition-mates are published."""
+too large for Kafka dead-lettered while their partition-mates are published; what a spool
+holds (an older version's too) published with its rule tags."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -13,14 +18,12 @@ from aiokafka.errors import MessageSizeTooLargeError
 from rig import read_topic
 
 from streamd.config import KafkaSettings
-from streamd.kafka.publisher import (
-    DLQ_TRUNCATED_HEADER,
-    KafkaPublisher,
-    ShutdownOutcome,
-    _InFlight,
-    fit_to_request,
-    record_bytes,
-)
+from streamd.dev.broker import LocalBroker
+from streamd.flow import Changes
+from streamd.kafka.oversize import DLQ_TRUNCATED_HEADER, fit_to_request, record_bytes
+from streamd.kafka.packing import Batch
+from streamd.kafka.publisher import KafkaPublisher, ShutdownOutcome
+from streamd.kafka.spool import DB_NAME, Spool
 from streamd.ops.logs import get_logger
 from streamd.ops.metrics import Metrics
 from streamd.records import OutRecord
@@ -57,19 +60,47 @@ class Events:
         return [kw for event, kw in self.events if event == name]
 
 
-def test_publishes_every_record_in_batches_and_routes_dlq(broker, topics) -> None:  # type: ignore[no-untyped-def]
+async def until_available(publisher: KafkaPublisher, changes: Changes) -> None:
+    """Until the producer has started: records read before that go to the spool (the live
+    path does not wait for a starting producer), and the drain is not what these test."""
+    seen = 0
+    with anyio.fail_after(20):
+        while not publisher.available:
+            seen = await changes.wait(seen)
+
+
+async def until_drained(spool: Spool) -> None:
+    for _ in range(400):  # 20 s
+        if not spool.count:
+            return
+        await anyio.sleep(0.05)
+    raise AssertionError(f"the spool still holds {spool.count} records")
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    with Spool(tmp_path / "spool", max_bytes=1 << 30) as s:
+        yield s
+
+
+def test_publishes_every_record_in_batches_and_routes_dlq(
+    broker: LocalBroker, topics: tuple[str, str], spool: Spool,
+) -> None:
     topic, dlq = topics
     settings = KafkaSettings(bootstrap_servers=broker.bootstrap, topic=topic, dlq_topic=dlq,
-                             enable_idempotence=False, publish_timeout=5, flush_timeout=10)
+                             enable_idempotence=False, ack_timeout=5, flush_timeout=10)
     metrics = Metrics()
     sent = lines(5000)
     bad = [b"{not json", b'{"data":{}}']
 
     async def main() -> KafkaPublisher:
-        publisher = KafkaPublisher(settings, metrics, get_logger("test"))
+        changes = Changes()
+        publisher = KafkaPublisher(settings, metrics, get_logger("test"), spool=spool,
+                                   changes=changes)
         send, receive = anyio.create_memory_object_stream[list[OutRecord]](16)
         async with anyio.create_task_group() as tg:
             tg.start_soon(publisher.run, receive)
+            await until_available(publisher, changes)
             async with send:
                 for i in range(0, len(sent), 100):
                     await send.send(records_of(sent[i:i + 100]))
@@ -96,7 +127,7 @@ def tweet_line(i: int, text_bytes: int) -> bytes:
 
 
 def test_records_larger_than_a_request_go_to_the_dlq_and_the_rest_is_published(  # type: ignore[no-untyped-def]
-    broker, topics,
+    broker, topics, spool,
 ) -> None:
     """Item 8, client side: kafka.max_request_size is checked here (send_batch does not).
     A tweet over it goes to the DLQ as `oversize`, whole if its DLQ record fits, else cut
@@ -104,7 +135,7 @@ def test_records_larger_than_a_request_go_to_the_dlq_and_the_rest_is_published( 
     topic, dlq = topics
     limit = 4096
     settings = KafkaSettings(bootstrap_servers=broker.bootstrap, topic=topic, dlq_topic=dlq,
-                             enable_idempotence=False, publish_timeout=5, flush_timeout=10,
+                             enable_idempotence=False, ack_timeout=5, flush_timeout=10,
                              max_request_size=limit)
     big = tweet_line(1, 50_000)
     # Too large as a tweet, small enough as a DLQ record (fewer headers): dead-lettered whole.
@@ -119,10 +150,12 @@ def test_records_larger_than_a_request_go_to_the_dlq_and_the_rest_is_published( 
     log = Events()
 
     async def main() -> KafkaPublisher:
-        publisher = KafkaPublisher(settings, metrics, log)
+        changes = Changes()
+        publisher = KafkaPublisher(settings, metrics, log, spool=spool, changes=changes)
         send, receive = anyio.create_memory_object_stream[list[OutRecord]](16)
         async with anyio.create_task_group() as tg:
             tg.start_soon(publisher.run, receive)
+            await until_available(publisher, changes)
             async with send:
                 await send.send(records_of([*normal[:150], big, *normal[150:200]]))
                 await send.send(records_of([*normal[200:250], medium, *normal[250:]]))
@@ -156,7 +189,7 @@ def test_records_larger_than_a_request_go_to_the_dlq_and_the_rest_is_published( 
 
 
 def test_a_batch_the_broker_refuses_as_too_large_is_split_and_its_tweet_dead_lettered(  # type: ignore[no-untyped-def]
-    broker, topics,
+    broker, topics, spool,
 ) -> None:
     """Item 8, broker side, through the real producer: Tansu has no message size limit, so
     the refusal itself is the outcome of a batch future (what aiokafka reports when Kafka
@@ -165,22 +198,27 @@ def test_a_batch_the_broker_refuses_as_too_large_is_split_and_its_tweet_dead_let
     broker. The records never go back to the spool path, and Kafka stays available."""
     topic, dlq = topics
     settings = KafkaSettings(bootstrap_servers=broker.bootstrap, topic=topic, dlq_topic=dlq,
-                             enable_idempotence=False, publish_timeout=5, flush_timeout=10)
+                             enable_idempotence=False, ack_timeout=5, flush_timeout=10)
     batch = records_of(lines(40, 500))
     alone = records_of([tweet_line(3, 2000)])
     metrics = Metrics()
     log = Events()
 
     async def main() -> KafkaPublisher:
-        publisher = KafkaPublisher(settings, metrics, log)
+        publisher = KafkaPublisher(settings, metrics, log, spool=spool)
         send, receive = anyio.create_memory_object_stream[list[OutRecord]](16)
         async with anyio.create_task_group() as tg:
             tg.start_soon(publisher.run, receive)
             with anyio.fail_after(10):
-                await publisher._ensure_producer()  # the refusal comes from a started producer
+                # the refusal comes from a started producer
+                producer = await publisher._ensure_producer()
             for records in (batch, alone):
                 refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-                publisher._track(_InFlight(records, records, refused, 1000))
+                submitted = Batch(producer.create_batch(), topic, 0)
+                for record in records:
+                    submitted.append(record, record)
+                publisher._track(
+                    publisher._ledger.submitted(submitted, refused, time.monotonic()))
                 refused.set_exception(MessageSizeTooLargeError())
             send.close()
             outcome = await publisher.shutdown(anyio.current_time() + 10)
@@ -199,3 +237,75 @@ def test_a_batch_the_broker_refuses_as_too_large_is_split_and_its_tweet_dead_let
     assert metrics.tweets_dlq.labels(reason="oversize")._value.get() == 1
     assert not log.named("kafka.unavailable")
     assert metrics.kafka_available._value.get() == 1
+
+
+def test_what_the_spool_holds_is_published_with_its_rule_tags(  # type: ignore[no-untyped-def]
+    broker, topics, spool,
+) -> None:
+    """Tweets a previous run left in the spool are drained to Kafka and count per rule (the
+    spool keeps their tags); Kafka's availability is announced on `changes`."""
+    topic, dlq = topics
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap, topic=topic, dlq_topic=dlq,
+                             enable_idempotence=False, ack_timeout=5, flush_timeout=10)
+    left = records_of(lines(50, 7000))
+    assert all(r.tags == ("t",) for r in left)
+    spool.append(left)
+    metrics = Metrics()
+    changes = Changes()
+
+    async def main() -> KafkaPublisher:
+        publisher = KafkaPublisher(settings, metrics, get_logger("test"), spool=spool,
+                                   changes=changes)
+        send, receive = anyio.create_memory_object_stream[list[OutRecord]](16)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(publisher.run, receive)
+            await until_available(publisher, changes)
+            await until_drained(spool)
+            send.close()
+            await publisher.shutdown(anyio.current_time() + 10)
+        return publisher
+
+    publisher = anyio.run(main)
+    assert publisher.stats.published == 50
+    got = read_topic(broker.bootstrap, topic, expect=50)
+    assert sorted(r.value for r in got) == sorted(r.value for r in left)
+    by_rule = metrics.registry.get_sample_value(
+        "streamd_tweets_published_by_rule_total", {"rule_tag": "t"})
+    assert by_rule == 50
+
+
+def test_a_spool_an_older_version_left_is_published(  # type: ignore[no-untyped-def]
+    broker, topics, tmp_path,
+) -> None:
+    """A version-1 spool database (no tags column) opens, is migrated, and its rows are
+    published."""
+    topic, dlq = topics
+    settings = KafkaSettings(bootstrap_servers=broker.bootstrap, topic=topic, dlq_topic=dlq,
+                             enable_idempotence=False, ack_timeout=5, flush_timeout=10)
+    left = records_of(lines(30, 8000))
+    with Spool(tmp_path / "old", max_bytes=1 << 30) as old:
+        old.append(left)
+    # Back to version 1's layout: no tags column.
+    conn = sqlite3.connect(tmp_path / "old" / DB_NAME, isolation_level=None)
+    conn.execute("ALTER TABLE entries DROP COLUMN tags")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    metrics = Metrics()
+
+    async def main(spool: Spool) -> KafkaPublisher:
+        publisher = KafkaPublisher(settings, metrics, get_logger("test"), spool=spool)
+        send, receive = anyio.create_memory_object_stream[list[OutRecord]](16)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(publisher.run, receive)
+            await until_drained(spool)
+            send.close()
+            await publisher.shutdown(anyio.current_time() + 10)
+        return publisher
+
+    with Spool(tmp_path / "old", max_bytes=1 << 30) as spool:
+        assert spool.count == 30
+        publisher = anyio.run(main, spool)
+    assert publisher.stats.published == 30
+    got = read_topic(broker.bootstrap, topic, expect=30)
+    assert sorted(r.value for r in got) == sorted(r.value for r in left)
+    assert {r.key for r in got} == {r.key for r in left}

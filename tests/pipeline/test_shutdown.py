@@ -34,6 +34,11 @@ def sim() -> Iterator[Simulator]:
         yield s
 
 
+def waits_on_kafka(seconds: float) -> dict[str, float]:
+    """Every wait on Kafka at most `seconds`: a request, an ack, the producer's start."""
+    return dict.fromkeys(("request_timeout", "ack_timeout", "startup_timeout"), seconds)
+
+
 def config_for(sim: Simulator, broker: LocalBroker, topics: tuple[str, str], tmp_path: Path,
                *, kafka: dict[str, Any], spool: dict[str, Any] | None = None,
                ) -> dict[str, dict[str, Any]]:
@@ -75,9 +80,9 @@ def test_sigterm_with_the_broker_stalled_exits_within_the_flush_budget_and_keeps
     flight to a broker that keeps its sockets open and never answers (SIGSTOP), the live
     path spooling, and tweets still arriving; and every tweet read is kept."""
     flush_timeout = 3.0
-    # publish_timeout longer than the whole budget: no wait on Kafka may run to its own end.
+    # Kafka's waits longer than the whole budget: none may run to its own end.
     config = config_for(sim, own_broker, topics_on, tmp_path,
-                        kafka={"publish_timeout": 10.0, "flush_timeout": flush_timeout})
+                        kafka={**waits_on_kafka(10.0), "flush_timeout": flush_timeout})
     d = run_daemon(config)
     d.wait_event("stream.connected")
     assert sim.wait_sent(3000, timeout=20)
@@ -106,11 +111,11 @@ def test_sigterm_while_the_producer_starts_against_a_stalled_broker_is_bounded_t
     run_daemon: StartDaemon,
 ) -> None:
     """Item 6: the broker stalls before the daemon starts, so the producer's start (and the
-    drain's, behind it) hangs for publish_timeout; SIGTERM still exits within
+    drain's, behind it) hangs for startup_timeout; SIGTERM still exits within
     flush_timeout + 2 s, and the tweets read meanwhile are all kept."""
     flush_timeout = 3.0
     config = config_for(sim, own_broker, topics_on, tmp_path,
-                        kafka={"publish_timeout": 20.0, "flush_timeout": flush_timeout})
+                        kafka={**waits_on_kafka(20.0), "flush_timeout": flush_timeout})
     own_broker.pause()
     try:
         d = run_daemon(config)
@@ -142,7 +147,7 @@ def test_sigterm_with_the_spool_full_keeps_every_record_held_in_memory(
     flight, in the queue). SIGTERM writes them all to the spool, past max_bytes, exit 0."""
     max_bytes = 1_000_000
     config = config_for(sim, own_broker, topics_on, tmp_path,
-                        kafka={"publish_timeout": 2.0, "flush_timeout": 3.0},
+                        kafka={**waits_on_kafka(2.0), "flush_timeout": 3.0},
                         spool={"max_bytes": max_bytes, "batch_interval": 0.1})
     d = run_daemon(config)
     d.wait_event("stream.connected")
@@ -197,7 +202,7 @@ def test_sigterm_when_the_disk_refuses_exits_70_and_counts_the_lost(
     site.mkdir()
     (site / "sitecustomize.py").write_text(_DISK_FULL_SITE)
     config = config_for(sim, own_broker, topics_on, tmp_path,
-                        kafka={"publish_timeout": 2.0, "flush_timeout": 3.0},
+                        kafka={**waits_on_kafka(2.0), "flush_timeout": 3.0},
                         spool={"max_bytes": 1_000_000, "batch_interval": 0.1})
     pythonpath = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
     d = run_daemon(config, env={"PYTHONPATH": pythonpath,

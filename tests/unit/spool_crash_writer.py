@@ -16,22 +16,25 @@ import random
 import sys
 from pathlib import Path
 
-from streamd.kafka.spool import Spool, SpoolEntry
+from streamd.kafka.spool import Spool
+from streamd.records import OutRecord
 
 MAX_BATCH = 40
 
 
-def expected_entry(batch: int, index: int, n: int) -> SpoolEntry:
+def expected_entry(batch: int, index: int, n: int) -> OutRecord:
     digest = hashlib.sha256(f"{batch}:{index}".encode()).digest()
     size = 64 + digest[0] * 12  # 64 .. 3124 bytes
     value = (f"{batch}:{index}:{n}:".encode() + digest * (size // 32 + 1))[:size]
-    return SpoolEntry(
+    return OutRecord(
         dlq=index % 7 == 0,
         key=f"{batch}:{index}:{n}".encode(),
         value=value,
         timestamp_ms=1_700_000_000_000 + batch * 1000 + index,
         headers=[("batch", str(batch).encode()), ("bin", bytes(range(256))[digest[1] :])],
         tweet_id=None if index % 5 == 0 else str(batch * 1000 + index),
+        tags=() if index % 3 else (f"tag{batch % 4}",),
+        read_at=0.0,
     )
 
 

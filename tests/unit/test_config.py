@@ -785,14 +785,58 @@ def test_warnings() -> None:
     assert any("no rules" in w for w in Settings.model_validate({}).warnings())
 
 
-def test_stream_params_omit_empty_lists() -> None:
-    params = Settings.model_validate(
-        {"x": {"user_fields": [], "poll_fields": ["id"]}}
-    ).x.stream_params()
-    assert params["tweet.fields"].startswith("created_at,author_id")
-    assert params["poll.fields"] == "id"
-    assert "user.fields" not in params
-    assert "media.fields" not in params
+# --- kafka timeouts: one per phase, publish_timeout a deprecated alias ---------------------
+
+
+def test_kafka_timeouts_default_to_ten_seconds_each() -> None:
+    kafka = Settings.model_validate({}).kafka
+    assert (kafka.request_timeout, kafka.ack_timeout, kafka.startup_timeout) == (10, 10, 10)
+    assert kafka.flush_timeout == 15
+    assert kafka.publish_timeout is None
+
+
+def test_each_kafka_timeout_is_set_on_its_own(tmp_path: Path) -> None:
+    text = "[kafka]\nrequest_timeout = 3\nack_timeout = 4.5\nstartup_timeout = 20\n" + RULE
+    settings = load_settings(write(tmp_path, text), {})
+    kafka = settings.kafka
+    assert (kafka.request_timeout, kafka.ack_timeout, kafka.startup_timeout) == (3, 4.5, 20)
+    assert not any("publish_timeout" in w for w in settings.warnings())
+
+
+def test_publish_timeout_sets_the_timeouts_not_set_and_warns(tmp_path: Path) -> None:
+    text = "[kafka]\npublish_timeout = 2\nack_timeout = 7\n" + RULE
+    settings = load_settings(write(tmp_path, text), {})
+    kafka = settings.kafka
+    assert (kafka.request_timeout, kafka.ack_timeout, kafka.startup_timeout) == (2, 7, 2)
+    [warning] = [w for w in settings.warnings() if "publish_timeout" in w]
+    assert "deprecated" in warning
+    for key in ("kafka.request_timeout", "kafka.ack_timeout", "kafka.startup_timeout"):
+        assert key in warning
+
+
+def test_publish_timeout_from_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, RULE)
+    kafka = load_settings(path, {"STREAMD_KAFKA__PUBLISH_TIMEOUT": "4"}).kafka
+    assert (kafka.request_timeout, kafka.ack_timeout, kafka.startup_timeout) == (4, 4, 4)
+    both = {"STREAMD_KAFKA__PUBLISH_TIMEOUT": "4", "STREAMD_KAFKA__STARTUP_TIMEOUT": "30"}
+    assert load_settings(path, both).kafka.startup_timeout == 30
+
+
+@pytest.mark.parametrize("key", ["request_timeout", "ack_timeout", "startup_timeout",
+                                 "publish_timeout"])
+def test_a_kafka_timeout_must_be_positive_and_its_own_key_is_named(
+    tmp_path: Path, key: str,
+) -> None:
+    err = error_of(tmp_path, f"[kafka]\n{key} = 0\n" + RULE)
+    assert err.key == f"kafka.{key}"
+    assert "greater than 0" in str(err)
+
+
+def test_the_producer_gets_the_request_timeout() -> None:
+    from streamd.kafka.producer import producer_kwargs
+
+    kafka = Settings.model_validate({"kafka": {"request_timeout": 2.5, "ack_timeout": 9}}).kafka
+    assert producer_kwargs(kafka, None)["request_timeout_ms"] == 2500
 
 
 def test_backoff_keys_match_policy_settings() -> None:

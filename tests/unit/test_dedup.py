@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from streamd.dedup import Deduplicator
+import inspect
+
+from streamd.dedup import DEDUP_MAX_IDS, DEDUP_WINDOW_S, REMEMBERED_MAX_AGE_S, Deduplicator
+from streamd.kafka.spool import Spool
 
 
 class Clock:
@@ -87,3 +90,23 @@ def test_seen_many_agrees_with_seen_one_at_a_time() -> None:
     assert len(batched) == len(one_by_one) == 4
     clock.now += 61  # the whole window expires before the next batch
     assert batched.seen_many(["5", "8"]) == [False, False]
+
+
+def test_the_default_window_is_15_minutes_and_200000_ids() -> None:
+    clock = Clock()
+    d = Deduplicator(clock=clock)
+    d.seen("1")
+    clock.now += DEDUP_WINDOW_S - 2
+    assert d.seen("1")
+    clock.now += 3
+    assert not d.seen("1")
+    assert (DEDUP_WINDOW_S, DEDUP_MAX_IDS) == (900.0, 200_000)
+    d.preload(str(i) for i in range(2, DEDUP_MAX_IDS + 10))
+    assert len(d) == DEDUP_MAX_IDS
+
+
+def test_the_spool_keeps_ids_by_the_same_limits() -> None:
+    defaults = inspect.signature(Spool).parameters
+    assert defaults["max_remembered_ids"].default == DEDUP_MAX_IDS
+    assert defaults["remembered_max_age_seconds"].default == REMEMBERED_MAX_AGE_S
+    assert REMEMBERED_MAX_AGE_S >= DEDUP_WINDOW_S  # what is reloaded is still on disk

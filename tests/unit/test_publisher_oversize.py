@@ -9,19 +9,19 @@ import orjson
 import pytest
 from aiokafka import errors
 
-from streamd.kafka.publisher import (
+from streamd.kafka.failures import NoAck, failure_reason
+from streamd.kafka.oversize import (
     BATCH_HEADER_BYTES,
     DLQ_TRUNCATED_HEADER,
     Group,
     after_refusal,
-    failure_reason,
     fit_to_request,
     oversize_dlq,
     record_bytes,
     resolve_refused,
     truncated_dlq,
 )
-from streamd.records import OutRecord, dlq_record
+from streamd.records import PUBLISH_FAILURE_REASONS, OutRecord, dlq_record
 from streamd.x.lines import interpret_line
 
 
@@ -47,6 +47,7 @@ def headers(record: OutRecord) -> dict[str, bytes]:
     (errors.KafkaTimeoutError(), "timeout"),
     (errors.RequestTimedOutError(), "timeout"),
     (TimeoutError("no ack"), "timeout"),
+    (NoAck("no ack within kafka.ack_timeout"), "timeout"),
     (errors.KafkaConnectionError("refused"), "unavailable"),
     (errors.NodeNotReadyError(), "unavailable"),
     (errors.NoBrokersAvailable(), "unavailable"),
@@ -55,6 +56,7 @@ def headers(record: OutRecord) -> dict[str, bytes]:
 ])
 def test_failure_reason(exc: BaseException, reason: str) -> None:
     assert failure_reason(exc) == reason
+    assert reason in PUBLISH_FAILURE_REASONS  # the metric's label set, pre-initialised
 
 
 # -- client side: bigger than kafka.max_request_size ------------------------------------------

@@ -1,4 +1,5 @@
-"""The durable spool: ordering, accounting, SpoolFull, reopen, headers, crash safety, ids."""
+"""The durable spool: ordering, accounting, SpoolFull, reopen, headers and tags, schema
+versions, crash safety, ids."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import random
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -23,10 +26,12 @@ from streamd.errors import SpoolFull, SpoolInUse, StreamdError
 from streamd.kafka.spool import (
     DB_NAME,
     Spool,
-    SpoolEntry,
     decode_headers,
+    decode_tags,
     encode_headers,
+    encode_tags,
 )
+from streamd.records import OutRecord
 
 WRITER = Path(__file__).with_name("spool_crash_writer.py")
 
@@ -39,7 +44,7 @@ class FakeClock:
         return self.now
 
 
-def entry(n: int, size: int = 100, **overrides: object) -> SpoolEntry:
+def entry(n: int, size: int = 100, **overrides: object) -> OutRecord:
     fields: dict[str, object] = {
         "dlq": False,
         "key": f"k{n}".encode(),
@@ -47,17 +52,35 @@ def entry(n: int, size: int = 100, **overrides: object) -> SpoolEntry:
         "timestamp_ms": 1_700_000_000_000 + n,
         "headers": [("h", b"\x00\xff")],
         "tweet_id": str(n),
+        "tags": ("cats",) if n % 2 else (),
+        "read_at": 0.0,
     }
     fields.update(overrides)
-    return SpoolEntry(**fields)  # type: ignore[arg-type]
+    return OutRecord(**fields)  # type: ignore[arg-type]
 
 
-def size_of(e: SpoolEntry) -> int:
+class Stored(NamedTuple):
+    """What the spool keeps of a record (everything but the monotonic read time)."""
+
+    dlq: bool
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+    headers: list[tuple[str, bytes]]
+    tweet_id: str | None
+    tags: tuple[str, ...]
+
+
+def stored(r: OutRecord) -> Stored:
+    return Stored(r.dlq, r.key, r.value, r.timestamp_ms, r.headers, r.tweet_id, r.tags)
+
+
+def size_of(e: OutRecord | Stored) -> int:
     return len(e.value) + len(e.key or b"") + len(encode_headers(e.headers))
 
 
-def everything(spool: Spool) -> list[tuple[int, SpoolEntry]]:
-    return spool.peek(limit=1 << 30, max_bytes=1 << 40)
+def everything(spool: Spool) -> list[tuple[int, Stored]]:
+    return [(seq, stored(r)) for seq, r in spool.peek(limit=1 << 30, max_bytes=1 << 40)]
 
 
 @pytest.fixture
@@ -75,8 +98,8 @@ def test_append_returns_increasing_seqs_and_peek_is_oldest_first(spool: Spool) -
     seqs = first + second
     assert seqs == sorted(seqs)
     assert len(set(seqs)) == 5
-    assert [(s, e) for s, e in everything(spool)] == list(
-        zip(seqs, [entry(i) for i in range(5)], strict=True)
+    assert everything(spool) == list(
+        zip(seqs, [stored(entry(i)) for i in range(5)], strict=True)
     )
 
 
@@ -152,9 +175,11 @@ def test_all_fields_round_trip(spool: Spool) -> None:
         entry(2, value=b"", headers=[("a", b""), ("", b"x"), ("a", b"dup")]),
         entry(3, value=bytes(range(256)) * 3, timestamp_ms=0),
         entry(4, key=b"", timestamp_ms=2**62),
+        entry(5, tags=("cats", "dogs", "", "\ud800 lone", "cats")),
+        entry(6, tags=()),
     ]
     spool.append(odd)
-    assert [e for _, e in everything(spool)] == odd
+    assert [e for _, e in everything(spool)] == [stored(e) for e in odd]
 
 
 header_lists = st.lists(
@@ -177,7 +202,8 @@ def test_headers_with_arbitrary_bytes_round_trip_through_the_spool(tmp_path: Pat
             entries = [entry(i, headers=h) for i, h in enumerate(batches_headers)]
             seqs = spool.append(entries)
             got = spool.peek(limit=len(entries), max_bytes=1 << 30)
-            assert got == list(zip(seqs, entries, strict=True))
+            assert [(seq, stored(r)) for seq, r in got] == list(
+                zip(seqs, map(stored, entries), strict=True))
             spool.delete(seqs)
 
         check()
@@ -197,7 +223,7 @@ def test_count_and_bytes_track_appends_and_deletes_across_reopen(tmp_path: Path)
         assert (s.count, s.bytes) == (15, expected_bytes)
     with Spool(tmp_path, max_bytes=1 << 20) as s:
         assert (s.count, s.bytes) == (15, expected_bytes)
-        assert [e for _, e in everything(s)] == entries[5:]
+        assert [e for _, e in everything(s)] == [stored(e) for e in entries[5:]]
 
 
 def test_spool_full_writes_nothing(tmp_path: Path) -> None:
@@ -247,7 +273,7 @@ def test_forced_append_goes_past_max_bytes_and_is_kept(tmp_path: Path) -> None:
         assert not s.has_room(0)
         assert s.free_fraction() == 0.0
     with Spool(tmp_path, max_bytes=one * 2) as s:
-        assert [e for _, e in everything(s)] == [entry(i) for i in range(6)]
+        assert [e for _, e in everything(s)] == [stored(entry(i)) for i in range(6)]
         with pytest.raises(SpoolFull):  # the bound still holds for normal appends
             s.append([entry(6)])
 
@@ -306,7 +332,7 @@ def test_reopen_after_close_keeps_data(tmp_path: Path) -> None:
         (tmp_path / (DB_NAME + "-wal")).stat().st_size == 0
     )
     with Spool(tmp_path, max_bytes=1 << 20) as s:
-        assert everything(s) == [(seqs[0], entry(1)), (seqs[1], entry(2))]
+        assert everything(s) == [(seqs[0], stored(entry(1))), (seqs[1], stored(entry(2)))]
 
 
 def test_one_spool_per_directory_at_a_time(tmp_path: Path) -> None:
@@ -362,6 +388,133 @@ def test_unreadable_database_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / DB_NAME).write_bytes(b"this is not a database" * 100)
     with pytest.raises(StreamdError, match=str(tmp_path / DB_NAME)):
         Spool(tmp_path, max_bytes=100)
+
+
+# -- the schema: versions and migration -------------------------------------------------------
+
+# Version 1 as it was released: no tags column (and, in the first releases, no meta table).
+_V1_SCHEMA = """
+CREATE TABLE entries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    size INTEGER NOT NULL,
+    dlq INTEGER NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    tweet_id TEXT,
+    key BLOB,
+    headers BLOB NOT NULL,
+    value BLOB NOT NULL
+);
+CREATE TABLE totals (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+INSERT INTO totals (id, count, bytes) VALUES (1, 0, 0);
+CREATE TABLE seen_ids (
+    tweet_id TEXT PRIMARY KEY,
+    seen REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX seen_ids_by_time ON seen_ids (seen);
+"""
+
+
+def write_v1_database(directory: Path, records: list[OutRecord], *, version: int = 1) -> None:
+    """A spool database as a version-1 streamd left it, holding `records`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(directory / DB_NAME, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.executescript(_V1_SCHEMA)
+        total = 0
+        for r in records:
+            headers = encode_headers(r.headers)
+            size = size_of(r)
+            total += size
+            conn.execute(
+                "INSERT INTO entries (size, dlq, timestamp_ms, tweet_id, key, headers, value)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (size, int(r.dlq), r.timestamp_ms, r.tweet_id, r.key, headers, r.value))
+        conn.execute("UPDATE totals SET count = ?, bytes = ?", (len(records), total))
+        conn.execute("INSERT INTO seen_ids VALUES ('123', 1.0)")
+        conn.execute(f"PRAGMA user_version = {version}")
+    finally:
+        conn.close()
+
+
+def user_version(directory: Path) -> int:
+    conn = sqlite3.connect(directory / DB_NAME)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@given(st.lists(st.text(max_size=20), max_size=6))
+def test_tag_encoding_is_lossless(tags: list[str]) -> None:
+    assert decode_tags(encode_tags(tags)) == tuple(tags)
+    assert encode_tags(()) is None
+
+
+def test_a_version_1_database_is_migrated_and_its_rows_come_back_without_tags(
+    tmp_path: Path,
+) -> None:
+    old = [entry(i, tags=()) for i in range(5)]
+    write_v1_database(tmp_path, old)
+    with Spool(tmp_path, max_bytes=1 << 20) as s:
+        assert (s.count, s.bytes) == (5, sum(map(size_of, old)))
+        assert [e for _, e in everything(s)] == [stored(e) for e in old]
+        assert s.recent_ids(window_seconds=1e12, max_ids=10) == ["123"]
+        s.set_meta("k", "v")  # the meta table, created by the migration
+        tagged = entry(99, tags=("cats", "dogs"))
+        s.append([tagged])
+    assert user_version(tmp_path) == 2
+    with Spool(tmp_path, max_bytes=1 << 20) as s:
+        assert [e for _, e in everything(s)] == [*map(stored, old), stored(tagged)]
+        assert s.get_meta("k") == "v"
+
+
+def test_a_version_1_database_whose_first_open_was_cut_short_is_migrated(
+    tmp_path: Path,
+) -> None:
+    """Version 1 created its tables before it recorded its version: a database with its
+    tables and version 0 is a version-1 one."""
+    write_v1_database(tmp_path, [entry(1, tags=())], version=0)
+    with Spool(tmp_path, max_bytes=1 << 20) as s:
+        assert [e for _, e in everything(s)] == [stored(entry(1, tags=()))]
+        s.append([entry(2)])
+    assert user_version(tmp_path) == 2
+
+
+def test_a_newer_schema_version_is_refused_and_left_alone(tmp_path: Path) -> None:
+    with Spool(tmp_path, max_bytes=1 << 20) as s:
+        s.append([entry(1)])
+    conn = sqlite3.connect(tmp_path / DB_NAME)
+    conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    with pytest.raises(StreamdError, match="schema version 3, this streamd knows 2"):
+        Spool(tmp_path, max_bytes=1 << 20)
+    assert user_version(tmp_path) == 3
+    with Spool(tmp_path / "other", max_bytes=1 << 20):  # the directory lock was released
+        pass
+
+
+def test_a_new_database_has_the_current_version_and_large_pages(tmp_path: Path) -> None:
+    with Spool(tmp_path, max_bytes=1 << 20) as s:
+        (page_size,) = s._conn.execute("PRAGMA page_size").fetchone()
+        assert page_size == 16384
+    assert user_version(tmp_path) == 2
+
+
+def test_a_restored_record_was_read_as_long_ago_as_its_timestamp_says(tmp_path: Path) -> None:
+    """The monotonic read time does not survive a restart: the latency histogram still
+    measures read -> ack from the record's timestamp (never a read time in the future)."""
+    wall = FakeClock(1_700_000_100.0)
+    with Spool(tmp_path, max_bytes=1 << 20, clock=wall, monotonic=lambda: 500.0) as s:
+        s.append([entry(0, timestamp_ms=1_700_000_090_000),
+                  entry(1, timestamp_ms=1_700_000_200_000)])
+        [(_, ten_s_ago), (_, future)] = s.peek()
+    assert ten_s_ago.read_at == pytest.approx(490.0)
+    assert future.read_at == 500.0
 
 
 # -- threads ----------------------------------------------------------------------------------
@@ -439,7 +592,7 @@ def _load_writer() -> types.ModuleType:
     return module
 
 
-_expected_entry: Callable[[int, int, int], SpoolEntry] = _load_writer().expected_entry
+_expected_entry: Callable[[int, int, int], OutRecord] = _load_writer().expected_entry
 
 
 def _parse_key(key: bytes | None) -> tuple[int, int, int]:
@@ -501,7 +654,7 @@ def test_committed_batches_survive_sigkill_and_no_batch_is_partial(tmp_path: Pat
             by_batch: dict[int, list[tuple[int, int, int]]] = {}
             for seq, got in rows:
                 batch, index, n = _parse_key(got.key)
-                assert got == _expected_entry(batch, index, n), f"torn entry at seq {seq}"
+                assert got == stored(_expected_entry(batch, index, n)), f"torn entry at seq {seq}"
                 by_batch.setdefault(batch, []).append((seq, index, n))
             for batch, members in by_batch.items():
                 n = members[0][2]
