@@ -17,7 +17,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY streamd/ streamd/
 
-# Every dependency ships manylinux wheels for CPython 3.11: no compiler needed.
+# Every dependency ships manylinux wheels for CPython 3.11: no compiler needed. No extras:
+# the image runs the daemon; the demo's local broker (the `demo` extra) stays out.
 RUN python -m venv /opt/streamd \
     && python -m pip wheel --no-deps --wheel-dir /tmp/dist . \
     && /opt/streamd/bin/pip install /tmp/dist/streamd-*.whl \

@@ -49,7 +49,7 @@ def latency(broker: LocalBroker, workdir: Path, *, rates: tuple[float, ...] = (2
                                 "before": before, "after": after})
             sim.configure(tweets_per_second=0)
         finally:
-            daemon.stop()
+            daemon.terminate()
     times, values = read_samples(str(samples_path))
     os.unlink(samples_path)
     results = []

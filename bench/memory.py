@@ -91,7 +91,7 @@ def memory(broker: LocalBroker, workdir: Path, *, baseline: float = 5, burst: fl
                 for e in daemon.events if e.get("event") == "stream.disconnected"
             ]
         finally:
-            daemon.stop()
+            daemon.terminate()
     series = [(round(at - t0, 1), round(mb, 1)) for at, mb in sampler.samples]
     return {
         "burst": {"before": _window(sampler, t0, t_burst),

@@ -1,8 +1,8 @@
-"""The processes a benchmark drives: the simulator, the daemon, RSS/CPU sampling, /metrics."""
+"""The processes a benchmark drives: the simulator, the daemon (streamd.dev.harness's, plus
+CPU and timing), RSS/CPU sampling, /metrics."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import httpx
 import psutil  # type: ignore[import-untyped]
 
 from streamd.dev.broker import LocalBroker
+from streamd.dev.harness import DaemonProcess, scrape, toml_text
 
 TOKEN = "test-token"
 # Tagged: tweepy's StreamResponse parsing raises KeyError('tag') on untagged matching_rules.
@@ -118,18 +118,6 @@ def simulator(*, rate: float, total: int | None, workdir: Path,
 # --- the daemon --------------------------------------------------------------------------
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(value)
-
-
 def daemon_config(api_url: str, bootstrap: str, topic: str, workdir: Path) -> str:
     """The production defaults (zstd, linger 5 ms, acks=all, queue 10k), pointed at the
     simulator and Tansu (no idempotence: Tansu's memory store lacks it)."""
@@ -145,12 +133,7 @@ def daemon_config(api_url: str, bootstrap: str, topic: str, workdir: Path) -> st
         "http": {"listen": "127.0.0.1:0"},
         "log": {"level": "info", "format": "json"},
     }
-    lines: list[str] = []
-    for section, values in config.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml(value)}" for key, value in values.items())
-        lines.append("")
-    return "\n".join(lines)
+    return toml_text(config)
 
 
 def new_topic(broker: LocalBroker, name: str) -> str:
@@ -163,79 +146,46 @@ def new_topic(broker: LocalBroker, name: str) -> str:
 DAEMON_TREE_ENV = "STREAMD_BENCH_DAEMON_TREE"
 
 
-@dataclass
-class DaemonProc:
-    """`streamd run -c CONFIG` (or the exact-latency shim) as a child process."""
+class DaemonProc(DaemonProcess):
+    """The daemon (or the exact-latency shim, `module`) as the harness runs it, plus what a
+    benchmark measures: CPU time and run-queue wait at `stream.connected`, and when each
+    event arrived (`_received_at`, monotonic, in the event itself)."""
 
-    config_path: Path
-    module: str = "streamd"
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] = field(init=False)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    connected_at: float | None = None
-    cpu_at_connect: float | None = None
-    wait_at_connect: float = 0.0
-    port: int | None = None
-
-    def __post_init__(self) -> None:
-        env = {**os.environ, **self.env}
-        env.pop("NOTIFY_SOCKET", None)
+    def __init__(self, config_path: Path, *, module: str = "streamd",
+                 env: dict[str, str] | None = None) -> None:
+        env = dict(env or {})
         # A/B runs: the daemon (only the daemon; the bench, simulator and broker stay this
         # checkout's) from another source tree, e.g. a `git worktree` of an older commit.
         other = os.environ.get(DAEMON_TREE_ENV)
         if other:
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (other, env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, "run", "-c", str(self.config_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            env=env,
-        )
-        self.ps = psutil.Process(self.proc.pid)
-        self._ready = threading.Event()
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (other, os.environ.get("PYTHONPATH")) if p)
+        self.connected_at: float | None = None
+        self.cpu_at_connect: float | None = None
+        self.wait_at_connect = 0.0
         self._connected = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._ps: psutil.Process | None = None
+        super().__init__(config_path, env, module=module, stdout=subprocess.DEVNULL)
+        self.ps = self._ps = psutil.Process(self.proc.pid)
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                continue
-            if not isinstance(event, dict):
-                continue
-            event["_received_at"] = time.monotonic()  # when the bench saw it (monotonic)
-            self.events.append(event)
-            name = event.get("event")
-            if name == "stream.connected" and self.connected_at is None:
-                self.connected_at = time.monotonic()
-                self.cpu_at_connect = cpu_seconds(self.ps)
-                self.wait_at_connect = runqueue_wait_seconds(self.proc.pid)
-                self._connected.set()
-            elif name == "http.listening":
-                self.port = int(event["port"])
-                self._ready.set()
+    def on_event(self, event: dict[str, Any], received_at: float) -> None:
+        event["_received_at"] = received_at
+        if event.get("event") == "stream.connected" and self.connected_at is None:
+            self.connected_at = received_at
+            ps = self._ps or psutil.Process(self.proc.pid)
+            self.cpu_at_connect = cpu_seconds(ps)
+            self.wait_at_connect = runqueue_wait_seconds(self.proc.pid)
+            self._connected.set()
 
     def wait_connected(self, timeout: float = 30) -> None:
         if not self._connected.wait(timeout):
             raise RuntimeError(f"daemon did not connect: {self.events[-5:]}")
-        self._ready.wait(timeout)
 
     def metrics(self) -> dict[str, float]:
-        resp = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10)
-        return parse_metrics(resp.text)
+        return scrape(self.port)
 
     def published(self) -> int:
         return int(self.metrics().get("streamd_tweets_published_total", 0))
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait(10)
 
 
 def cpu_seconds(ps: psutil.Process) -> float:
@@ -265,21 +215,6 @@ def peak_rss_mb(pid: int) -> float:
 
 def rss_mb(ps: psutil.Process) -> float:
     return float(ps.memory_info().rss) / (1 << 20)
-
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text -> {"name{labels}": value} (labels kept verbatim)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        if match:
-            out[match.group(1) + (match.group(2) or "")] = float(match.group(3))
-    return out
 
 
 def latency_buckets(metrics: dict[str, float]) -> list[tuple[float, float]]:

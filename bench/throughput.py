@@ -92,7 +92,7 @@ def e2e(broker: LocalBroker, n: int, workdir: Path, *, profile_out: Path | None 
         finally:
             if spy is not None and spy.poll() is None:
                 spy.kill()
-            daemon.stop()
+            daemon.terminate()
     seconds = end - daemon.connected_at
     return {
         "tweets": published, "target": n, "seconds": seconds,

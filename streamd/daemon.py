@@ -1,25 +1,42 @@
-"""The daemon's lifecycle: one task group holding the reader, the publisher and the
-operations endpoint; signals; a shielded, deadline-bounded shutdown.
+"""The daemon's lifecycle in named phases, like uvicorn's `Server`: startup, the main loop,
+shutdown (README "Run" and "Delivery guarantee").
 
-SIGTERM/SIGINT: stop reading X (or stop waiting on it), let the publisher drain the queue,
-wait for the last acks; everything is done within kafka.flush_timeout of the signal, plus a
-moment for the final spool writes. SIGHUP: re-read the config file and re-sync rules while
-the stream stays connected.
+* **Startup.** First the resources, before anything runs (`_acquire`): the secrets, the
+  spool (one daemon per spool directory), the duplicate window it remembers, the parts (the
+  publisher and the stream reader). An error here is reported by the command line with its
+  exit code: nothing was read, there is nothing to flush. Then, in one task group
+  (`_startup`): the operations endpoint (`http.listening`), the signal watcher, the
+  publisher, the systemd status task, the last-read keeper, and the start-up rules sync.
+* **Main loop** (`_main_loop`): the reader reads X until a stop is asked for or a fatal
+  error ends it.
+* **Shutdown** (`_shutdown`, then `_release`): one budget, counted from the stop request
+  (`ShutdownBudget`). The publisher flushes to Kafka until `kafka.flush_timeout` after it and
+  spools the rest; the state saves (the last read time, the duplicate window) and closing
+  the spool fit in SHUTDOWN_MARGIN_S more. Then `daemon.stopped`.
+
+SIGTERM/SIGINT ask for a stop (`request_stop`): the reader ends its connection or its wait,
+and a rules wait ends at once. SIGHUP re-reads the config file and re-syncs the rules while
+the stream stays connected. Rules syncs never interleave (start-up, SIGHUP, the 409 path).
 
 Every error that ends the daemon ends it the same way: `daemon.fatal` with the reason, the
 shutdown above, `daemon.stopped`, and the error's own exit code (77 credentials, 78
 configuration or rules, 70 anything else). That holds wherever the error arises: the
 start-up rules sync, the stream, a re-sync after 409 or SIGHUP, or a task of the group.
+
+What /readyz, STATUS=, the watchdog and the shutdown read is one object, `self.state`
+(`streamd.ops.health.DaemonState`); the parts announce their changes on `state.changes`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import os
 import signal
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import anyio
 import httpx
@@ -27,32 +44,63 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from streamd.config import Settings, load_settings
-from streamd.dedup import Deduplicator
+from streamd.dedup import DEDUP_MAX_IDS, DEDUP_WINDOW_S, Deduplicator
 from streamd.errors import ConfigError, CredentialsError, RulesError, StreamdError
 from streamd.kafka.publisher import KafkaPublisher
 from streamd.kafka.spool import Spool
 from streamd.ops import sdnotify
+from streamd.ops.health import DaemonState, Phase
 from streamd.ops.http import OpsApp, serve_ops
 from streamd.ops.logs import get_logger
 from streamd.ops.metrics import Metrics
+from streamd.ops.status import report_to_systemd
 from streamd.reasons import ExitCode
 from streamd.records import OutRecord
-from streamd.x.reconnect import BackoffSettings, ReconnectPolicy
+from streamd.x.reconnect import ReconnectPolicy
 from streamd.x.rules import RulesApi, sync_configured_rules
 from streamd.x.stream import StreamReader, make_client, queue_batches
 
-# The duplicate window: reconnect overlaps and backfill (at most 5 minutes) fall inside it.
-DEDUP_WINDOW_S = 900.0
-DEDUP_MAX_IDS = 200_000
 # The spool's meta key for the wall-clock time of the last read from X (epoch seconds):
 # after a restart, the gap since then sizes the backfill and is logged as stream.gap.
 LAST_READ_KEY = "last_read_at"
 # How often that time is written down: a crash loses at most this much of its precision,
 # and the backfill is rounded up to whole minutes anyway.
 LAST_READ_EVERY_S = 1.0
-# Past flush_timeout, the final spool writes, the dedup save and closing the spool get this
+# Past flush_timeout, the final spool writes, the state saves and closing the spool get this
 # much; the README, the unit's TimeoutStopSec and the pod's grace period allow for it.
 SHUTDOWN_MARGIN_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownBudget:
+    """The one budget of a shutdown, counted from the stop request (anyio clock)."""
+
+    stop_at: float
+    flush_timeout: float
+
+    @property
+    def flush_by(self) -> float:
+        """Kafka gets until then; whatever it has not acknowledged goes to the spool."""
+        return self.stop_at + self.flush_timeout
+
+    @property
+    def done_by(self) -> float:
+        """The state saves and closing the spool fit before this."""
+        return self.flush_by + SHUTDOWN_MARGIN_S
+
+
+@dataclass(eq=False, slots=True)
+class _Parts:
+    """What startup acquires and the shutdown releases."""
+
+    spool: Spool
+    dedup: Deduplicator
+    publisher: KafkaPublisher
+    reader: StreamReader
+    token: str
+    # The queue between them: the reader sends lists of records, the publisher takes them.
+    send: MemoryObjectSendStream[list[OutRecord]]
+    receive: MemoryObjectReceiveStream[list[OutRecord]]
 
 
 class Daemon:
@@ -61,71 +109,228 @@ class Daemon:
         self._environ = dict(os.environ if environ is None else environ)
         self.metrics = Metrics()
         self.log = get_logger("streamd")
-        self.exit_code = ExitCode.OK
-        self._reader: StreamReader | None = None
-        self._publisher: KafkaPublisher | None = None
+        self.state = DaemonState(quiet_limit=settings.stream.stall_timeout * 2)
+        self._parts: _Parts | None = None
         self._rules_client: httpx.AsyncClient | None = None
-        self._rules_synced = False
         # One sync at a time: start-up, SIGHUP and the 409 path never interleave.
         self._rules_lock = anyio.Lock()
         self._rules_scopes: set[anyio.CancelScope] = set()
-        # >0 while the daemon is deliberately busy with or waiting on the rules endpoints
-        # (the systemd watchdog keeps being fed); the text says what for `systemctl status`.
-        self._rules_busy = 0
-        self._rules_waiting: str | None = None
-        self._stopping = False
-        self._stop_at: float | None = None  # anyio clock: when the shutdown budget started
 
-    # -- readiness -------------------------------------------------------------------------
+    # -- the lifecycle -----------------------------------------------------------------
 
-    def readiness(self) -> str | None:
-        reader, publisher = self._reader, self._publisher
-        if reader is None or publisher is None:
-            return "starting"
-        if reader.usage_capped:
-            return "usage_cap"
-        if not reader.connected:
-            return "stream_disconnected"
-        if not publisher.available:
-            return "kafka_unavailable"
-        return None
+    async def run(self) -> int:
+        """Startup, main loop, shutdown; returns the exit code."""
+        started = time.monotonic()
+        parts = self._parts = await self._acquire()
+        try:
+            async with make_client(self.settings, parts.token) as rules_client:
+                self._rules_client = rules_client
+                await self._serve(parts)
+        except Exception as exc:  # a task of the group failed: an ExceptionGroup
+            self._fatal(exc)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._release(parts)
+        self.state.enter(Phase.STOPPED)
+        self.log.info(
+            "daemon.stopped", exit_code=int(self.state.exit_code),
+            published=parts.publisher.stats.published, spooled=parts.spool.count,
+            received=parts.reader.received, duplicates=parts.reader.duplicates,
+            uptime_s=round(time.monotonic() - started, 3),
+        )
+        return int(self.state.exit_code)
 
-    def status_text(self) -> str:
-        """The one line `systemctl status` shows (STATUS=)."""
-        reader, publisher = self._reader, self._publisher
-        if reader is None or publisher is None:
-            return "starting"
-        counts = f"received {reader.received}, published {publisher.stats.published}"
-        if self._stopping:
-            state = "stopping"
-        elif reader.connected:
-            state = "streaming"
-        elif self._rules_waiting is not None:
-            state = f"waiting for the rules endpoint: {self._rules_waiting}"
-        elif reader.usage_capped:
-            state = "usage capped: waiting for X to lift the cap"
-        elif reader.last_reason is not None:
-            state = f"reconnecting after {reader.last_reason}"
+    async def _serve(self, parts: _Parts) -> None:
+        """Startup, main loop and shutdown inside one task group. A failing task cancels
+        the main loop, and the shutdown still runs."""
+        async with anyio.create_task_group() as tg:
+            try:
+                await self._startup(tg, parts)
+                if not self.state.stopping:
+                    self.state.enter(Phase.RUNNING)
+                    await self._main_loop(parts)
+            except StreamdError as exc:
+                self._fatal(exc)
+            finally:
+                parts.send.close()  # the reader may not have started: end the queue here
+                await self._shutdown(parts)
+                tg.cancel_scope.cancel()
+
+    async def _acquire(self) -> _Parts:
+        """Startup, first part: the resources, before anything runs."""
+        settings = self.settings
+        token = settings.x.resolve_bearer_token(self._environ)
+        sasl_password = settings.kafka.resolve_sasl_password(self._environ)
+        spool = await self._open_spool()
+        try:
+            dedup = Deduplicator()  # DEDUP_WINDOW_S, DEDUP_MAX_IDS
+            dedup.preload(await anyio.to_thread.run_sync(
+                spool.recent_ids, DEDUP_WINDOW_S, DEDUP_MAX_IDS))
+            last_read_at = await anyio.to_thread.run_sync(_last_read_at, spool)
+        except BaseException:
+            await anyio.to_thread.run_sync(spool.close)
+            raise
+        self.metrics.spool_messages.set(spool.count)
+        self.metrics.spool_bytes.set(spool.bytes)
+        if spool.count:
+            self.log.info("spool.found", spooled=spool.count, bytes=spool.bytes,
+                          detail="publishing what a previous run left")
+        self.metrics.rule_tags.configure(configured_tags(settings))
+        changes = self.state.changes
+        publisher = KafkaPublisher(
+            settings.kafka, self.metrics, self.log, spool=spool,
+            spool_interval=settings.spool.batch_interval, sasl_password=sasl_password,
+            changes=changes,
+        )
+        reader = StreamReader(
+            settings, functools.partial(make_client, settings, token), self.metrics, self.log,
+            ReconnectPolicy(settings.backoff),
+            dedup=dedup,
+            on_no_rules=functools.partial(self.sync_rules, reason="no_rules"),
+            room=publisher.spool_room,  # closed while the spool is full: the reader stays off X
+            changes=changes,
+            last_read_at=last_read_at,
+        )
+        self.state.stream, self.state.kafka = reader, publisher
+        send, receive = anyio.create_memory_object_stream[list[OutRecord]](
+            max_buffer_size=queue_batches(settings.stream.queue_size)
+        )
+        return _Parts(spool, dedup, publisher, reader, token, send, receive)
+
+    async def _startup(self, tg: TaskGroup, parts: _Parts) -> None:
+        """Startup, second part: everything beside the reader runs; the rules are synced."""
+        http = self.settings.http
+        port = await tg.start(
+            serve_ops, OpsApp(self.metrics.asgi_app(), self.state.readiness),
+            http.host, http.port,
+        )
+        self.log.info("http.listening", port=port, listen=http.listen)
+        tg.start_soon(self._watch_signals, tg)
+        tg.start_soon(parts.publisher.run, parts.receive)
+        tg.start_soon(report_to_systemd, self.state)
+        tg.start_soon(self._remember_last_read, parts)
+        if await self.sync_rules(reason="startup"):
+            self.state.rules_in_place()
+
+    async def _main_loop(self, parts: _Parts) -> None:
+        """Read X until a stop is asked for; a fatal disconnect raises."""
+        await parts.reader.run(parts.send)
+
+    def _budget(self) -> ShutdownBudget:
+        stop_at = self.state.stop_at
+        return ShutdownBudget(
+            anyio.current_time() if stop_at is None else stop_at,
+            self.settings.kafka.flush_timeout,
+        )
+
+    async def _shutdown(self, parts: _Parts) -> None:
+        """Reading has stopped. One budget for everything the publisher holds: flush to
+        Kafka until flush_timeout after the stop was asked for, then spool the rest (past
+        spool.max_bytes if need be). Exit 0 keeps its meaning: nothing was dropped."""
+        sdnotify.stopping()
+        self.request_stop()
+        with anyio.CancelScope(shield=True):
+            outcome = await parts.publisher.shutdown(self._budget().flush_by)
+        if outcome.lost:
+            # Only the disk refusing the final write gets here.
+            self.log.error("daemon.lost", count=outcome.lost, error=outcome.error)
+            if self.state.exit_code == ExitCode.OK:
+                self.state.exit_code = ExitCode.INTERNAL
+
+    async def _release(self, parts: _Parts) -> None:
+        """The end of the shutdown: save when X was last read and the duplicate window, by
+        the end of the budget, then close the spool. Best effort: a disk that refuses them
+        (it may just have refused records) costs a precise backfill and some duplicates
+        after the restart, never the exit code."""
+        with anyio.CancelScope(deadline=self._budget().done_by) as budget:
+            try:
+                await anyio.to_thread.run_sync(
+                    _save_last_read, parts.spool, parts.reader.last_read_at)
+                await anyio.to_thread.run_sync(parts.spool.remember_ids, parts.dedup.snapshot())
+            except StreamdError as exc:
+                self.log.warning("spool.state_not_saved", error=str(exc))
+        if budget.cancelled_caught:
+            self.log.warning("spool.state_not_saved", error="the shutdown budget ran out")
+        parts.receive.close()  # the publisher's, unless it never ran
+        await anyio.to_thread.run_sync(parts.spool.close)
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """Begin stopping, as SIGTERM and SIGINT do (`signum` None: the daemon stops by
+        itself, after a fatal error): the reader ends its connection or wait, rules waits
+        end. The first request starts the shutdown budget."""
+        if not self.state.begin_stop(anyio.current_time()):
+            return
+        if signum is not None:
+            self.log.info("daemon.stopping", signal=signal.Signals(signum).name)
+        if self._parts is not None:
+            self._parts.reader.stop()
+        for scope in list(self._rules_scopes):
+            scope.cancel()
+
+    def _fatal(self, exc: BaseException) -> None:
+        """Record why the daemon ends: the first StreamdError of `exc` (an ExceptionGroup
+        when a task failed) picks the exit code; anything else is an internal error."""
+        errors = list(_leaves(exc))
+        known = [e for e in errors if isinstance(e, StreamdError)]
+        if known:
+            error: BaseException = known[0]
+            self.state.exit_code = known[0].exit_code
         else:
-            state = "connecting"
-        return f"{state}; {counts}"
+            error = errors[0] if errors else exc
+            self.state.exit_code = ExitCode.INTERNAL
+        reason = getattr(error, "reason", None) or _kind(error)
+        self.log.error("daemon.fatal", reason=str(reason), detail=_detail(error),
+                       exit_code=int(self.state.exit_code))
+        self.request_stop()
 
-    # -- rules -----------------------------------------------------------------------------
+    async def _open_spool(self) -> Spool:
+        directory = self.settings.spool.dir
+        try:
+            return await anyio.to_thread.run_sync(
+                Spool, directory, self.settings.spool.max_bytes
+            )
+        except StreamdError as exc:
+            raise ConfigError("spool.dir", f"cannot use {str(directory)!r}: {exc}") from None
+
+    async def _watch_signals(self, tg: TaskGroup) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    if not self.state.stopping:
+                        tg.start_soon(self._reload)
+                    continue
+                self.request_stop(signum)
+
+    async def _remember_last_read(self, parts: _Parts) -> None:
+        """Write down when X was last read, so a restart knows the gap it must fill."""
+        reader, spool = parts.reader, parts.spool
+        saved = reader.last_read_at
+        while True:
+            await anyio.sleep(LAST_READ_EVERY_S)
+            current = reader.last_read_at
+            if current is None or current == saved:
+                continue
+            try:
+                await anyio.to_thread.run_sync(_save_last_read, spool, current)
+            except StreamdError as exc:  # e.g. disk full: the spool path reports it
+                self.log.warning("spool.meta_failed", error=str(exc))
+            saved = current
+
+    # -- rules -----------------------------------------------------------------------
 
     def _rules_api(self) -> RulesApi:
         """The daemon's rules client: transient failures (network, 5xx, 429 however far its
         reset) are retried on the server_error schedule for as long as it takes; every wait
-        is cancelled by SIGTERM."""
+        is cancelled by a stop."""
         assert self._rules_client is not None
-        backoff = self.settings.backoff
         return RulesApi(
-            self._rules_client, self.metrics, max_attempts=None, max_wait=math.inf,
-            retry_initial=backoff.http_initial, retry_max=backoff.http_max,
+            self._rules_client, self.metrics,
+            policy=ReconnectPolicy.for_rules(self.settings.backoff),
             on_retry=self._on_rules_retry,
         )
 
     def _on_rules_retry(self, reason: str, attempt: int, delay: float, failure: str) -> None:
-        self._rules_waiting = f"{reason}, retry in {delay:.0f} s"
+        self.state.rules_retrying(f"{reason}, retry in {delay:.0f} s")
         self.log.warning("rules.retry_scheduled", reason=reason, attempt=attempt + 1,
                          delay_s=round(delay, 3), detail=failure)
 
@@ -137,9 +342,9 @@ class Daemon:
         async with self._rules_lock:
             with anyio.CancelScope() as scope:
                 self._rules_scopes.add(scope)
-                if self._stopping:
+                if self.state.stopping:
                     scope.cancel()
-                self._rules_busy += 1
+                self.state.rules_started()
                 try:
                     assert self._rules_client is not None
                     result = await sync_configured_rules(
@@ -154,8 +359,7 @@ class Daemon:
                         return True
                     raise
                 finally:
-                    self._rules_busy -= 1
-                    self._rules_waiting = None
+                    self.state.rules_finished()
                     self._rules_scopes.discard(scope)
         return False  # cancelled: the daemon is stopping
 
@@ -167,9 +371,8 @@ class Daemon:
         except CredentialsError as exc:
             # As fatal here as at start-up: the next connect would be refused anyway.
             self._fatal(exc)
-            self._stop(None)
         finally:
-            sdnotify.ready(self.status_text())
+            sdnotify.ready(self.state.status_line())
 
     async def _reload_rules(self) -> None:
         path = self.settings.source_path
@@ -187,211 +390,6 @@ class Daemon:
             raise
         except StreamdError as exc:
             self.log.error("rules.sync_failed", error=str(exc), action="keeping server rules")
-
-    # -- the run ---------------------------------------------------------------------------
-
-    async def run(self) -> int:
-        settings = self.settings
-        started = time.monotonic()
-        token = settings.x.resolve_bearer_token(self._environ)
-        send, receive = anyio.create_memory_object_stream[list[OutRecord]](
-            max_buffer_size=queue_batches(settings.stream.queue_size)
-        )
-        spool = await self._open_spool()
-        dedup = Deduplicator(DEDUP_MAX_IDS, DEDUP_WINDOW_S)
-        dedup.preload(await anyio.to_thread.run_sync(
-            spool.recent_ids, DEDUP_WINDOW_S, DEDUP_MAX_IDS))
-        self.metrics.spool_messages.set(spool.count)
-        self.metrics.spool_bytes.set(spool.bytes)
-        if spool.count:
-            self.log.info("spool.found", spooled=spool.count, bytes=spool.bytes,
-                          detail="publishing what a previous run left")
-        self.metrics.rule_tags.configure(configured_tags(settings))
-        publisher = self._publisher = KafkaPublisher(
-            settings.kafka, self.metrics, self.log, spool=spool,
-            spool_interval=settings.spool.batch_interval,
-            sasl_password=settings.kafka.resolve_sasl_password(self._environ),
-        )
-        reader = self._reader = StreamReader(
-            settings, lambda: make_client(settings, token), self.metrics, self.log,
-            ReconnectPolicy(BackoffSettings(**settings.backoff.model_dump())),
-            dedup=dedup,
-            on_no_rules=lambda: self.sync_rules(reason="no_rules"),
-            room=lambda: publisher.spool_room,
-            last_read_at=await anyio.to_thread.run_sync(_last_read_at, spool),
-        )
-        try:
-            async with make_client(settings, token) as rules_client:
-                self._rules_client = rules_client
-                await self._serve(reader, publisher, spool, send, receive)
-        except Exception as exc:  # a task of the group failed: ExceptionGroup
-            self._fatal(exc)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._save_state(spool, reader, dedup)
-        self.log.info(
-            "daemon.stopped", exit_code=int(self.exit_code), published=publisher.stats.published,
-            spooled=spool.count, received=reader.received, duplicates=reader.duplicates,
-            uptime_s=round(time.monotonic() - started, 3),
-        )
-        return int(self.exit_code)
-
-    async def _serve(
-        self,
-        reader: StreamReader,
-        publisher: KafkaPublisher,
-        spool: Spool,
-        send: MemoryObjectSendStream[list[OutRecord]],
-        receive: MemoryObjectReceiveStream[list[OutRecord]],
-    ) -> None:
-        """Start-up, main loop and shutdown inside one task group. A failing task cancels
-        the main loop, and the shutdown still runs."""
-        async with anyio.create_task_group() as tg:
-            port = await tg.start(
-                serve_ops, OpsApp(self.metrics.asgi_app(), self.readiness),
-                self.settings.http.listen,
-            )
-            self.log.info("http.listening", port=port, listen=self.settings.http.listen)
-            tg.start_soon(self._watch_signals, tg)
-            tg.start_soon(publisher.run, receive)
-            tg.start_soon(self._notify_systemd)
-            tg.start_soon(self._remember_last_read, spool)
-            try:
-                self._rules_synced = await self.sync_rules(reason="startup")
-                if not self._stopping:
-                    await reader.run(send)
-            except StreamdError as exc:
-                self._fatal(exc)
-            finally:
-                send.close()  # the reader may not have started: end the queue here
-                await self._shutdown(publisher)
-                tg.cancel_scope.cancel()
-
-    def _fatal(self, exc: BaseException) -> None:
-        """Record why the daemon ends: the first StreamdError of `exc` (an ExceptionGroup
-        when a task failed) picks the exit code; anything else is an internal error."""
-        errors = list(_leaves(exc))
-        known = [e for e in errors if isinstance(e, StreamdError)]
-        if known:
-            error: BaseException = known[0]
-            self.exit_code = known[0].exit_code
-        else:
-            error = errors[0] if errors else exc
-            self.exit_code = ExitCode.INTERNAL
-        reason = getattr(error, "reason", None) or _kind(error)
-        self.log.error("daemon.fatal", reason=str(reason), detail=_detail(error),
-                       exit_code=int(self.exit_code))
-        self._stop(None)
-
-    async def _open_spool(self) -> Spool:
-        directory = self.settings.spool.dir
-        try:
-            return await anyio.to_thread.run_sync(
-                Spool, directory, self.settings.spool.max_bytes
-            )
-        except StreamdError as exc:
-            raise ConfigError("spool.dir", f"cannot use {str(directory)!r}: {exc}") from None
-
-    async def _shutdown(self, publisher: KafkaPublisher) -> None:
-        """Reading has stopped. One budget for everything the publisher holds: flush to
-        Kafka until flush_timeout after the stop was asked for, then spool the rest (past
-        spool.max_bytes if need be). Exit 0 keeps its meaning: nothing was dropped."""
-        sdnotify.stopping()
-        self._stop(None)
-        assert self._stop_at is not None
-        deadline = self._stop_at + self.settings.kafka.flush_timeout
-        with anyio.CancelScope(shield=True):
-            outcome = await publisher.shutdown(deadline)
-        if outcome.lost:
-            # Only the disk refusing the final write gets here.
-            self.log.error("daemon.lost", count=outcome.lost, error=outcome.error)
-            if self.exit_code == ExitCode.OK:
-                self.exit_code = ExitCode.INTERNAL
-
-    async def _save_state(self, spool: Spool, reader: StreamReader, dedup: Deduplicator) -> None:
-        """Best effort, within the shutdown margin: when X was last read and the duplicate
-        window. A disk that refuses them (it may just have refused records) costs a
-        precise backfill and some duplicates after the restart, never the exit code."""
-        try:
-            await anyio.to_thread.run_sync(_save_last_read, spool, reader.last_read_at)
-            await anyio.to_thread.run_sync(spool.remember_ids, dedup.snapshot())
-        except StreamdError as exc:
-            self.log.warning("spool.state_not_saved", error=str(exc))
-        await anyio.to_thread.run_sync(spool.close)
-
-    def _stop(self, signum: int | None) -> None:
-        """Begin stopping: the reader ends its connection or wait, rules waits end."""
-        if self._stopping:
-            return
-        self._stopping = True
-        self._stop_at = anyio.current_time()
-        if signum is not None:
-            self.log.info("daemon.stopping", signal=signal.Signals(signum).name)
-        if self._reader is not None:
-            self._reader.stop()
-        for scope in list(self._rules_scopes):
-            scope.cancel()
-
-    async def _watch_signals(self, tg: TaskGroup) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    if not self._stopping:
-                        tg.start_soon(self._reload)
-                    continue
-                self._stop(signum)
-
-    async def _remember_last_read(self, spool: Spool) -> None:
-        """Write down when X was last read, so a restart knows the gap it must fill."""
-        assert self._reader is not None
-        saved = self._reader.last_read_at
-        while True:
-            await anyio.sleep(LAST_READ_EVERY_S)
-            current = self._reader.last_read_at
-            if current is None or current == saved:
-                continue
-            try:
-                await anyio.to_thread.run_sync(_save_last_read, spool, current)
-            except StreamdError as exc:  # e.g. disk full: the spool path reports it
-                self.log.warning("spool.meta_failed", error=str(exc))
-            saved = current
-
-    def _pipeline_moving(self) -> bool:
-        """For the systemd watchdog: bytes arrived recently (heartbeats count), or the
-        daemon is deliberately waiting (a reconnect backoff, a full spool, the rules
-        endpoints). A wedged loop or a hung read is neither."""
-        reader = self._reader
-        if reader is None:
-            return False
-        return reader.in_backoff or self._rules_busy > 0 or (
-            time.monotonic() - reader.last_progress < self.settings.stream.stall_timeout * 2
-        )
-
-    async def _notify_systemd(self) -> None:
-        """READY=1 once tweets can flow or the daemon is deliberately waiting on X (rules
-        synced, stream connected, or a retry scheduled: a start-up that waits out an X
-        outage must not fail the unit); STATUS= as things change; WATCHDOG=1 only while the
-        pipeline moves."""
-        watchdog = sdnotify.Watchdog()
-        async with anyio.create_task_group() as tg:
-            if watchdog.enabled:
-                tg.start_soon(watchdog.run, self._pipeline_moving)
-            ready_sent = False
-            last_status = ""
-            while True:
-                reader = self._reader
-                if reader is not None and not ready_sent and (
-                    reader.connected or self._rules_synced or reader.in_backoff
-                    or self._rules_waiting is not None
-                ):
-                    last_status = self.status_text()
-                    sdnotify.ready(last_status)
-                    ready_sent = True
-                text = self.status_text()
-                if text != last_status:
-                    sdnotify.status(text)
-                    last_status = text
-                await anyio.sleep(1)
 
 
 def _last_read_at(spool: Spool) -> float | None:

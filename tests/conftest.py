@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rig import DaemonProcess, write_toml
 
 from streamd.dev.broker import LocalBroker
+from streamd.dev.harness import DaemonProcess, write_toml
 
 _topic_ids = itertools.count()
 

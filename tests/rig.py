@@ -1,14 +1,11 @@
-"""Test rig helpers shared by the pipeline tests: an independent consumer, TOML writing, a
-daemon child process whose JSON log events are collected."""
+"""Test rig helpers shared by the pipeline tests. The config file, the daemon child process
+and the /metrics scraper are streamd.dev.harness's (the benchmarks and the demo use the same
+ones), re-exported here; the rest is for tests only: an independent consumer, a test config,
+a stand-in for systemd's notify socket, a simulator for daemon tests."""
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamd.dev.harness import DaemonProcess, metric, write_toml
 from streamd.simulator import Simulator, SimulatorConfig
+
+__all__ = [
+    "DaemonProcess", "NotifySocket", "Record", "daemon_config", "metric", "read_topic",
+    "simulator", "wait_until", "write_toml",
+]
 
 
 @dataclass
@@ -74,36 +77,6 @@ def read_topic(
         consumer.close()
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(v)
-
-
-def write_toml(path: Path, config: dict[str, dict[str, Any]]) -> Path:
-    lines: list[str] = []
-    for section, values in config.items():
-        tables = {k: v for k, v in values.items() if isinstance(v, list) and v
-                  and isinstance(v[0], dict)}
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            if key not in tables:
-                lines.append(f"{key} = {_toml_value(value)}")
-        for key, items in tables.items():
-            for item in items:
-                lines.append(f"[[{section}.{key}]]")
-                lines.extend(f"{k} = {_toml_value(v)}" for k, v in item.items())
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
-
-
 def daemon_config(
     api_url: str, bootstrap: str, topic: str, dlq_topic: str, tmp_path: Path,
     **overrides: dict[str, Any],
@@ -115,7 +88,8 @@ def daemon_config(
         "rules": {"mode": "off"},
         "kafka": {
             "bootstrap_servers": bootstrap, "topic": topic, "dlq_topic": dlq_topic,
-            "enable_idempotence": False, "publish_timeout": 5.0, "flush_timeout": 10.0,
+            "enable_idempotence": False, "request_timeout": 5.0, "ack_timeout": 5.0,
+            "startup_timeout": 5.0, "flush_timeout": 10.0,
         },
         "spool": {"dir": str(tmp_path / "spool")},
         "http": {"listen": "127.0.0.1:0"},
@@ -131,23 +105,6 @@ def daemon_config(
     return config
 
 
-def metric(port: int, name: str, **labels: str) -> float:
-    """One sample from the daemon's /metrics (0 if absent, -1 if unreachable)."""
-    import httpx
-
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return -1.0
-    want = name
-    if labels:
-        want += "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
-    for line in text.splitlines():
-        if line.startswith(want + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -155,81 +112,6 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out: {what}")
-
-
-class DaemonProcess:
-    """`python -m streamd run -c CONFIG` as a child process; JSON log events collected."""
-
-    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
-        self.config_path = config_path
-        self.events: list[dict[str, Any]] = []
-        self.raw_stderr: list[str] = []
-        self._cond = threading.Condition()
-        # The test's own systemd socket (if any) is not the daemon's; a test passes one.
-        full_env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-        full_env.update(env or {})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamd", "run", "-c", str(config_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            env=full_env,
-        )
-        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._reader.start()
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip("\n")
-            with self._cond:
-                self.raw_stderr.append(line)
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    event = None
-                if isinstance(event, dict):
-                    self.events.append(event)
-                self._cond.notify_all()
-
-    def wait_event(
-        self, name: str, pred: Callable[[dict[str, Any]], bool] = lambda e: True,
-        timeout: float = 20.0, count: int = 1,
-    ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                found = [e for e in self.events if e.get("event") == name and pred(e)]
-                if len(found) >= count:
-                    return found
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    tail = "\n".join(self.raw_stderr[-30:])
-                    raise AssertionError(
-                        f"no {count} x {name!r} within {timeout}s; stderr:\n{tail}"
-                    )
-                self._cond.wait(min(left, 0.2))
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        with self._cond:
-            return [e for e in self.events if e.get("event") == name]
-
-    @property
-    def port(self) -> int:
-        return int(self.wait_event("http.listening")[0]["port"])
-
-    def signal(self, sig: int = signal.SIGTERM) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 
 
 class NotifySocket:

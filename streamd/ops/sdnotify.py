@@ -4,19 +4,18 @@ Outside systemd (no $NOTIFY_SOCKET) every call is a no-op that returns False, so
 can call these unconditionally.
 
 Watchdog rule (see `Watchdog`): systemd kills the service when no WATCHDOG=1 arrives within
-WatchdogSec. We ping every WatchdogSec/2, from the event loop, and only when the pipeline
-showed life since the previous ping: `progress()` was called (a tweet or a keep-alive
-heartbeat was read, Kafka acknowledged, a line was spooled, a reconnect was attempted), or
-`is_healthy()` says standing still is intended (e.g. sleeping out a scheduled backoff
-delay). A blocked event loop, or a task wedged on an await that never returns, therefore
-stops the pings and systemd restarts the service.
+WatchdogSec. We ping every WatchdogSec/2, from the event loop, and only when `is_healthy()`
+says the pipeline moves: bytes arrived from X recently (heartbeats count), or standing still
+is intended (sleeping out a scheduled backoff, a full spool, a rules endpoint in trouble).
+The daemon's answer is `streamd.ops.health.DaemonState.moving`. A blocked event loop, or a
+task wedged on an await that never returns, therefore stops the pings and systemd restarts
+the service.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Callable
 
 import anyio
@@ -85,21 +84,13 @@ def watchdog_interval() -> float | None:
 
 
 class Watchdog:
-    """Pings WATCHDOG=1 only while the pipeline makes progress (rule in the module doc)."""
+    """Pings WATCHDOG=1 only while `is_healthy()` (rule in the module doc)."""
 
     def __init__(
-        self,
-        timeout: float | None = None,
-        *,
-        send: Callable[[], bool] = watchdog,
-        clock: Callable[[], float] = time.monotonic,
+        self, timeout: float | None = None, *, send: Callable[[], bool] = watchdog,
     ) -> None:
         self.timeout = watchdog_interval() if timeout is None else timeout
         self._send = send
-        self._clock = clock
-        self._progress_count = 0
-        self._count_at_last_tick = 0
-        self.last_progress = clock()
         self.pings_sent = 0
 
     @property
@@ -111,20 +102,9 @@ class Watchdog:
         """Seconds between checks: half of WatchdogSec."""
         return self.timeout / 2 if self.timeout else None
 
-    def progress(self) -> None:
-        """Record that the pipeline moved. Cheap: call it on every line, ack or attempt."""
-        self._progress_count += 1
-        self.last_progress = self._clock()
-
-    def idle_seconds(self) -> float:
-        """Seconds since the last `progress()` (for STATUS= lines and logs)."""
-        return self._clock() - self.last_progress
-
     def tick(self, is_healthy: Callable[[], bool]) -> bool:
-        """One decision: ping if progress happened since the last tick or is_healthy()."""
-        moved = self._progress_count != self._count_at_last_tick
-        self._count_at_last_tick = self._progress_count
-        if not (moved or is_healthy()):
+        """One decision: ping if is_healthy()."""
+        if not is_healthy():
             return False
         sent = self._send()
         self.pings_sent += int(sent)

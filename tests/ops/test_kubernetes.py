@@ -30,10 +30,7 @@ def _render(root: Path) -> list[Manifest]:
     if KUBECTL is not None:
         out = subprocess.run(
             [KUBECTL, "kustomize", str(root)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
+            capture_output=True, text=True, timeout=30, check=True,
         ).stdout
         return [doc for doc in yaml.safe_load_all(out) if doc]
     if root != BASE:

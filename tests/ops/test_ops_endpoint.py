@@ -60,7 +60,7 @@ async def main() -> None:
         if limits is not None:
             from streamd.ops.http import OpsLimits
             serve = functools.partial(serve_ops, limits=OpsLimits(**limits))
-        port = await tg.start(serve, app, "127.0.0.1:0")
+        port = await tg.start(serve, app, "127.0.0.1", 0)
         if sys.argv[2:] == ["hog"]:
             with anyio.open_signal_receiver(signal.SIGUSR1) as signals:
                 hog = []
@@ -379,12 +379,14 @@ def test_listen_addresses(tmp_path: Path, listen: str) -> None:
         pytest.skip("no IPv6")
     code = (
         "import anyio\n"
+        "from streamd.config import HttpSettings\n"
         "from streamd.ops.http import OpsApp, serve_ops\n"
         "from streamd.ops.metrics import Metrics\n"
+        f"http = HttpSettings(listen={listen!r})\n"
         "async def main():\n"
         "    async with anyio.create_task_group() as tg:\n"
-        f"        port = await tg.start(serve_ops, OpsApp(Metrics().asgi_app(), lambda: None),"
-        f" {listen!r})\n"
+        "        port = await tg.start(serve_ops, OpsApp(Metrics().asgi_app(), lambda: None),"
+        " http.host, http.port)\n"
         "        print(port, flush=True)\n"
         "anyio.run(main)\n"
     )

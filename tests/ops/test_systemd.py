@@ -50,10 +50,7 @@ def test_unit_verifies(unit_for_this_venv: Path) -> None:
     assert SYSTEMD_ANALYZE is not None
     done = subprocess.run(
         [SYSTEMD_ANALYZE, "verify", str(unit_for_this_venv)],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
+        capture_output=True, text=True, timeout=20, check=False,
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "", done.stderr
@@ -71,10 +68,7 @@ def test_security_exposure_is_ok_or_better(unit_for_this_venv: Path) -> None:
             "--no-pager",
             str(unit_for_this_venv),
         ],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
+        capture_output=True, text=True, timeout=20, check=False,
     )
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\w+)", done.stdout)
     assert match, done.stdout + done.stderr
@@ -163,10 +157,7 @@ _MDWE_SCRIPT = textwrap.dedent(
 def test_python_stack_runs_without_writable_executable_memory() -> None:
     done = subprocess.run(
         [sys.executable, "-c", _MDWE_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
+        capture_output=True, text=True, timeout=20, check=False,
     )
     assert done.returncode == 0, done.stderr
     if "MDWE-UNSUPPORTED" in done.stdout:

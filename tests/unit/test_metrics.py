@@ -1,4 +1,4 @@
-"""streamd.ops.metrics: exact names from interface.md, private registries, zero series."""
+"""streamd.ops.metrics: the README's fixed metric names, private registries, zero series."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_exposed_sample_names() -> None:
         'streamd_reconnect_delay_seconds_bucket{le="21600.0",reason="usage_cap"} ',
         'streamd_publish_latency_seconds_bucket{le="0.001"} ',
         'streamd_publish_failures_total{reason="timeout"} ',
-        'streamd_stream_lines_total{kind="keepalive"} ',
+        'streamd_stream_lines_total{kind="error"} ',
         "streamd_kafka_available ",
     ):
         assert name in text, name
@@ -66,12 +66,26 @@ def test_exposed_sample_names() -> None:
 def test_labelled_series_are_preinitialised_for_every_reason() -> None:
     s = samples(Metrics())
     for reason in Reason:
+        if reason is Reason.SHUTDOWN:
+            continue
         assert s[("streamd_stream_disconnects_total", (("reason", reason.value),))] == 0
         assert s[("streamd_reconnect_delay_seconds_count", (("reason", reason.value),))] == 0
     for dlq in ("decode", "validate", "oversize"):
         assert s[("streamd_tweets_dlq_total", (("reason", dlq),))] == 0
     # An unseen rate limit is absent, not a misleading 0.
     assert not any(name == "streamd_x_rate_limit_remaining" for name, _ in s)
+
+
+def test_no_series_for_a_label_that_is_never_counted() -> None:
+    """Zero series only where the count can move: the reader never counts its own
+    `shutdown`, and stream_lines counts error-only messages (tweets, heartbeats and dead
+    letters have their own counters)."""
+    s = samples(Metrics())
+    reasons = {dict(labels).get("reason") for name, labels in s
+               if name == "streamd_stream_disconnects_total"}
+    assert "shutdown" not in reasons
+    kinds = {dict(labels)["kind"] for name, labels in s if name == "streamd_stream_lines_total"}
+    assert kinds == {"error"}
 
 
 def test_registries_are_independent() -> None:
@@ -87,7 +101,7 @@ def test_histograms_and_rule_tags() -> None:
     m = Metrics()
     m.reconnect_delay.labels(reason=Reason.RATE_LIMITED).observe(61)
     m.publish_latency.observe(0.004)
-    m.preinitialise_rule_tags(["cats", "dogs"])
+    m.rule_tags.configure(frozenset({"cats", "dogs"}))
     m.tweets_published_by_rule.labels(rule_tag="cats").inc()
     s = samples(m)
     key = ("streamd_reconnect_delay_seconds_bucket", (("le", "320.0"), ("reason", "rate_limited")))
