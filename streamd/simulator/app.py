@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import time
 import zlib
@@ -619,11 +620,7 @@ class SimulatorApp:
                 return {"count": len(state.sent.ids), "tweets": tweets, "lines": lines}
         if name == "connects" and method == "GET":
             with state.lock:
-                return [
-                    {"at": r.at, "status": r.status, "problem_type": r.problem_type,
-                     "detail": r.detail, "query": r.query}
-                    for r in state.connect_log
-                ]
+                return [dataclasses.asdict(r) for r in state.connect_log]
         if name == "state" and method == "GET":
             with state.lock:
                 active = len([s for s in state.sessions if not s.finished])
@@ -642,11 +639,7 @@ class SimulatorApp:
             return {"ok": True}
         if name == "rules-requests" and method == "GET":
             with state.lock:
-                return [
-                    {"at": r.at, "method": r.method, "status": r.status,
-                     "problem_type": r.problem_type, "fault": r.fault}
-                    for r in state.rules_log
-                ]
+                return [dataclasses.asdict(r) for r in state.rules_log]
         if name == "config" and method == "POST":
             control.configure(state, payload)
             return control.settings_json(state)

@@ -13,7 +13,8 @@ ConnectionPolicy = Literal["reject_new", "kick_old"]
 
 @dataclass(frozen=True)
 class TierLimits:
-    """What an access tier allows on the filtered stream (x-filtered-stream.md §1.5, §4.5)."""
+    """What an access tier allows on the filtered stream, after X's documentation
+    (https://docs.x.com/x-api/posts/filtered-stream/introduction)."""
 
     stream_access: bool
     connections: int
@@ -69,7 +70,7 @@ class SimulatorConfig:
     # Not in the original contract; safe defaults. A stream whose socket has refused data
     # for this long is dropped, as X drops slow readers.
     slow_reader_seconds: float = 5.0
-    # Rules endpoints' request windows (x-filtered-stream.md §4.4).
+    # Rules endpoints' request windows (https://docs.x.com/x-api/fundamentals/rate-limits).
     rules_get_limit: int = 450
     rules_post_limit: int = 100
     rules_window_seconds: float = 900.0

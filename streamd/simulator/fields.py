@@ -1,4 +1,4 @@
-"""Allowed values of the stream's field and expansion parameters (x-filtered-stream.md §1.2)
+"""Allowed values of the stream's field and expansion parameters (https://docs.x.com/x-api/fundamentals/fields)
 and their validation into X's 400 invalid-request error items."""
 
 from __future__ import annotations

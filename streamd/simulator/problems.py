@@ -1,5 +1,7 @@
-"""Error bodies exactly as X sends them (x-filtered-stream.md §3). Each builder returns an
-ErrorAnswer: status, JSON body, content type, and the problem type/detail for the records.
+"""Error bodies exactly as X sends them, after its documentation
+(https://docs.x.com/x-api/fundamentals/response-codes-and-errors) and bodies captured from
+the live API. Each builder returns an ErrorAnswer: status, JSON body, content type, and the
+problem type/detail for the records.
 
 Content type: every error body is served as `application/json; charset=utf-8`, as in the
 captured responses, although X's OpenAPI also allows `application/problem+json`."""
@@ -25,7 +27,7 @@ DISCONNECT_TYPES = (
 )
 
 # Only the first two texts and the full-buffer text are documented or observed; the others
-# are our wording (x-filtered-stream.md §3.2, §3.4).
+# are our wording.
 _DISCONNECT_DETAILS = {
     "OperationalDisconnect": "This stream has been disconnected for operational reasons.",
     "UpstreamOperationalDisconnect": (

@@ -11,8 +11,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# Operators the filtered stream knows (x-filtered-stream.md §1.5 and the rule docs). Only a
-# few are evaluated by the matcher; the rest parse but match nothing.
+# Operators the filtered stream knows
+# (https://docs.x.com/x-api/posts/filtered-stream/integrate/build-a-rule). Only a few are
+# evaluated by the matcher; the rest parse but match nothing.
 KNOWN_OPERATORS = frozenset(
     {
         "from", "to", "lang", "is", "has", "url", "entity", "conversation_id", "bio",
