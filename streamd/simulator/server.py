@@ -195,7 +195,7 @@ class Simulator:
         while self.active_connections() and time.monotonic() < deadline:
             time.sleep(0.01)
         loop = self.state.loop
-        for session in self.state.open_sessions():
+        for session in self.state.sessions_holding_sockets():
             if session.conn is not None and loop is not None and not loop.is_closed():
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(session.conn.abort)

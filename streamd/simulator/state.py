@@ -101,6 +101,8 @@ class SimulatorState:
         # Faults injected while no stream is open wait for the next stream.
         self.pending_faults: list[Fault] = []
         self.sessions: list[StreamSession] = []
+        # Sessions whose stream has ended but whose socket is still being closed.
+        self.closing: set[StreamSession] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         # Set (in the loop) when the simulator stops: ends requests that never answer.
         self.stop_event: asyncio.Event | None = None
@@ -203,3 +205,8 @@ class SimulatorState:
     def open_sessions(self) -> Iterable[StreamSession]:
         with self.lock:
             return [s for s in self.sessions if not s.finished]
+
+    def sessions_holding_sockets(self) -> list[StreamSession]:
+        """Open sessions and those still closing: what a stop must abort if it lingers."""
+        with self.lock:
+            return [s for s in self.sessions if not s.finished] + list(self.closing)

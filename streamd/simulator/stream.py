@@ -152,9 +152,14 @@ class StreamSession:
             with self.state.lock:
                 if self in self.state.sessions:
                     self.state.sessions.remove(self)
+                # Still holding a socket until _finish returns: the simulator's stop aborts
+                # it if it takes long (a final send to a reader that stopped reading).
+                self.state.closing.add(self)
             try:
                 await self._finish(how)
             finally:
+                with self.state.lock:
+                    self.state.closing.discard(self)
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
@@ -171,8 +176,20 @@ class StreamSession:
         conn = self.conn
         if how == "end":
             tail = self._compressor.flush(zlib.Z_FINISH) if self._compressor else b""
-            with contextlib.suppress(Exception):
-                await self._send({"type": "http.response.body", "body": tail, "more_body": False})
+            # A reader that stopped reading would hold the final send (and the simulator's
+            # stop, which no longer sees this session) forever: bounded like any write.
+            try:
+                await asyncio.wait_for(
+                    self._send({"type": "http.response.body", "body": tail,
+                                "more_body": False}),
+                    self.state.config.slow_reader_seconds,
+                )
+            except TimeoutError:
+                if conn is not None:
+                    conn.abort()
+                return
+            except Exception:  # the client is gone: nothing to end
+                pass
             if conn is not None:
                 conn.release()
             return
