@@ -3,6 +3,8 @@
 from streamd.simulator.config import SimulatorConfig
 from streamd.simulator.faults import ConnectFault, Fault
 from streamd.simulator.records import (
+    ConnectionRecord,
+    ConnectionsRequestRecord,
     ConnectRecord,
     Rule,
     RulesRequestRecord,
@@ -15,6 +17,8 @@ from streamd.simulator.server import Simulator
 __all__ = [
     "ConnectFault",
     "ConnectRecord",
+    "ConnectionRecord",
+    "ConnectionsRequestRecord",
     "Fault",
     "Rule",
     "RulesFault",

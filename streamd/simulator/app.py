@@ -1,5 +1,5 @@
-"""The ASGI application: the three filtered-stream endpoints, rule counts, and the
-/_simulator/ control endpoints."""
+"""The ASGI application: the three filtered-stream endpoints, rule counts, X's Connections
+API (connections.py), and the /_simulator/ control endpoints."""
 
 from __future__ import annotations
 
@@ -15,13 +15,17 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from streamd.simulator import control, fields, problems
+from streamd.simulator import connections, control, fields, problems
 from streamd.simulator.connection import CONNECTION_KEY, ConnectionControl
 from streamd.simulator.faults import ConnectFault, Fault
 from streamd.simulator.feed import Feed
 from streamd.simulator.problems import ErrorAnswer
 from streamd.simulator.ratelimit import FixedWindow, WindowState
-from streamd.simulator.records import ConnectRecord, RulesRequestRecord
+from streamd.simulator.records import (
+    ConnectionsRequestRecord,
+    ConnectRecord,
+    RulesRequestRecord,
+)
 from streamd.simulator.rules import decode_page_token
 from streamd.simulator.rules_faults import RulesFault, oversized_body, parse_rules_fault_spec
 from streamd.simulator.state import SimulatorState
@@ -35,6 +39,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 STREAM_PATH = "/2/tweets/search/stream"
 RULES_PATH = "/2/tweets/search/stream/rules"
 COUNTS_PATH = "/2/tweets/search/stream/rules/counts"
+CONNECTIONS_PATH = "/2/connections"
 CONTROL_PREFIX = "/_simulator/"
 JSON = "application/json; charset=utf-8"
 
@@ -112,44 +117,100 @@ class _Gate(NamedTuple):
     fault: RulesFault | None = None
 
 
-class _RulesExchange:
-    """Records what one rules request was answered; wraps `send` to see it. The record is
-    made before the answer's last bytes (or the reset) go out, so a client that then sends
-    its next request always finds this one in the log first."""
+class _Exchange:
+    """Records what one request was answered; wraps `send` to see it. The record is made
+    before the answer's last bytes (or the reset) go out, so a client that then sends its
+    next request always finds this one in the log first."""
 
     def __init__(self, state: SimulatorState, method: str, send: Send) -> None:
         self.state = state
         self.method = method
         self._send = send
         self.status = 0  # stays 0 when nothing is answered
-        self.problem_type: str | None = None
-        self.fault: str | None = None
-        self._first_body = True
         self._recorded = False
 
     async def send(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.status = int(message["status"])
         elif message["type"] == "http.response.body":
-            if self._first_body and self.status >= 400:
-                # Our error bodies are whole in their first message.
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    body = orjson.loads(message.get("body", b""))
-                    if isinstance(body, dict) and isinstance(body.get("type"), str):
-                        self.problem_type = body["type"]
-            self._first_body = False
+            self._body(message)
             if not message.get("more_body", False):
                 self.record()
         await self._send(message)
 
+    def _body(self, message: dict[str, Any]) -> None:
+        """A body message of the answer, before it goes out."""
+
     def record(self) -> None:
-        if self._recorded:
-            return
-        self._recorded = True
+        if not self._recorded:
+            self._recorded = True
+            self._record()
+
+    def _record(self) -> None:
+        raise NotImplementedError
+
+
+class _RulesExchange(_Exchange):
+    """A rules request: its status, problem type and the injected fault that decided it."""
+
+    def __init__(self, state: SimulatorState, method: str, send: Send) -> None:
+        super().__init__(state, method, send)
+        self.problem_type: str | None = None
+        self.fault: str | None = None
+        self._first_body = True
+
+    def _body(self, message: dict[str, Any]) -> None:
+        if self._first_body and self.status >= 400:
+            # Our error bodies are whole in their first message.
+            with contextlib.suppress(orjson.JSONDecodeError):
+                body = orjson.loads(message.get("body", b""))
+                if isinstance(body, dict) and isinstance(body.get("type"), str):
+                    self.problem_type = body["type"]
+        self._first_body = False
+
+    def _record(self) -> None:
         self.state.record_rules_request(RulesRequestRecord(
             at=time.time(), method=self.method, status=self.status,
             problem_type=self.problem_type, fault=self.fault,
         ))
+
+
+class _ConnectionsExchange(_Exchange):
+    """A Connections API request: its path, query, status and the ids it named."""
+
+    def __init__(
+        self, state: SimulatorState, method: str, path: str, query: dict[str, str], send: Send
+    ) -> None:
+        super().__init__(state, method, send)
+        self.path = path
+        self.query = query
+        self.uuids: list[str] | None = None
+
+    def _record(self) -> None:
+        self.state.record_connections_request(ConnectionsRequestRecord(
+            at=time.time(), method=self.method, path=self.path, query=self.query,
+            status=self.status, uuids=self.uuids,
+        ))
+
+
+def _connections_route(path: str, method: str) -> str | None:
+    """The Connections API operation a request is: "list", "kill" (by uuids), "kill_all",
+    "kill_endpoint"; None when it is none of them (a 404 like any unknown path)."""
+    if path == CONNECTIONS_PATH:
+        return {"GET": "list", "DELETE": "kill"}.get(method)
+    prefix = CONNECTIONS_PATH + "/"
+    if path.startswith(prefix) and method == "DELETE":
+        rest = path[len(prefix):]
+        if rest == "all":
+            return "kill_all"
+        if rest and "/" not in rest:
+            return "kill_endpoint"
+    return None
+
+
+def _client_ip(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -177,6 +238,8 @@ class SimulatorApp:
                 await self.rules(method, scope, receive, send)
             elif path == COUNTS_PATH and method == "GET":
                 await self.rule_counts(scope, send)
+            elif _connections_route(path, method) is not None:
+                await self.connections_api(scope, receive, send)
             elif path.startswith(CONTROL_PREFIX):
                 await self.control(path[len(CONTROL_PREFIX) :], method, scope, receive, send)
             else:
@@ -226,7 +289,13 @@ class SimulatorApp:
 
     # --- stream -------------------------------------------------------------------------
 
-    def _record(self, status: int, answer: ErrorAnswer | None, query: dict[str, str]) -> None:
+    def _record(
+        self,
+        status: int,
+        answer: ErrorAnswer | None,
+        query: dict[str, str],
+        connection_id: str | None = None,
+    ) -> None:
         self.state.record_connect(
             ConnectRecord(
                 at=time.time(),
@@ -234,6 +303,7 @@ class SimulatorApp:
                 problem_type=answer.problem_type if answer else None,
                 detail=answer.detail if answer else None,
                 query=query,
+                connection_id=connection_id,
             )
         )
 
@@ -323,8 +393,10 @@ class SimulatorApp:
         )
         with state.lock:
             # Re-check the slot under the lock: another connect may have won meanwhile.
-            slot_denied = self._take_slot(session)
-            self._record(slot_denied.status if slot_denied else 200, slot_denied, query)
+            slot_denied = self._take_slot(session, _client_ip(scope))
+            connection_id = session.connection.id if session.connection is not None else None
+            self._record(slot_denied.status if slot_denied else 200, slot_denied, query,
+                         connection_id)
         if slot_denied is not None:
             await respond_error(send, slot_denied, window)
             return
@@ -338,6 +410,8 @@ class SimulatorApp:
             with state.lock:
                 if session in state.sessions:
                     state.sessions.remove(session)
+                if session.connection is not None:  # the client went away meanwhile
+                    state.connections.client_gone(session.connection)
             raise
         await session.run(receive)
 
@@ -392,19 +466,25 @@ class SimulatorApp:
             return problems.no_rules(self.host)
         return None
 
-    def _take_slot(self, session: StreamSession) -> ErrorAnswer | None:
+    def _take_slot(self, session: StreamSession, client_ip: str | None) -> ErrorAnswer | None:
+        """Admit `session` if a connection slot is free (or, with kick_old, free one), and
+        open its connection record. Caller holds the lock."""
         state = self.state
-        limit = state.settings.limits.connections
-        # A stream whose client has already closed or reset it holds no slot, even before
-        # its session has noticed: a client that reconnects at once must not be refused.
-        holders = [s for s in state.sessions if s.holds_slot()]
+        limit = state.settings.slot_limit
+        registry = state.connections
+        # The active connections: open streams and zombies. A stream whose client has
+        # already closed or reset it is settled first, even before its session has
+        # noticed: with zombie_seconds 0, a client that reconnects at once is not refused.
+        holders = registry.holders()
         if len(holders) >= limit:
-            if state.settings.connection_policy == "reject_new":
+            if state.settings.connection_policy == "reject_new" or limit == 0:
                 return problems.too_many_connections(self.host)
             for old in holders[: len(holders) - limit + 1]:
-                old.kicked = True
-                old.wake.set()
+                stream = registry.replace(old)
+                if stream is not None:
+                    stream.kick()
         state.sessions.append(session)
+        session.connection = registry.open(connections.FILTERED_STREAM, client_ip, session)
         return None
 
     # --- rules --------------------------------------------------------------------------
@@ -581,6 +661,102 @@ class SimulatorApp:
         }
         await respond(send, 200, orjson.dumps(body), JSON, window.headers())
 
+    # --- Connections API ----------------------------------------------------------------
+
+    def _connections_window(self, operation: str) -> FixedWindow:
+        state = self.state
+        return {
+            "list": state.connections_get_window,
+            "kill": state.connections_delete_window,
+            "kill_endpoint": state.connections_delete_endpoint_window,
+            "kill_all": state.connections_delete_all_window,
+        }[operation]
+
+    async def connections_api(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        operation = _connections_route(path, method)
+        assert operation is not None
+        pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        exchange = _ConnectionsExchange(self.state, method, path, dict(pairs), send)
+        try:
+            await self._connections_answer(operation, path, pairs, scope, receive, exchange)
+        finally:
+            exchange.record()
+
+    async def _connections_answer(
+        self,
+        operation: str,
+        path: str,
+        pairs: list[tuple[str, str]],
+        scope: Scope,
+        receive: Receive,
+        exchange: _ConnectionsExchange,
+    ) -> None:
+        """Mode "absent" (404), then auth (401), the request window, mode "forbidden" and
+        the tier (403), the window's limit (429), the request's validity (400)."""
+        state = self.state
+        send = exchange.send
+        registry = state.connections
+        with state.lock:
+            mode = state.settings.connections_api
+            ending = state.settings.terminate_ending
+        if mode == "absent":  # as any unknown path
+            await respond(send, 404, problems.not_found().body)
+            return
+        with state.lock:
+            denied = self._auth(scope)
+            window_of = self._connections_window(operation)
+            if denied is not None:
+                window = window_of.peek()
+            else:
+                window = window_of.hit()
+                if mode == "forbidden":
+                    denied = problems.client_forbidden(self.host)
+                else:
+                    denied = self._tier()
+                if denied is None and not window.allowed:
+                    denied = problems.rate_limited()
+        raw = b""
+        if operation == "kill":
+            try:
+                raw = await read_body(receive)
+            except ValueError:
+                raw = b"\x00"  # too large: answered as a body that is not JSON
+            exchange.uuids = connections.parse_kill_body(raw)[0]  # logged even if refused
+        if denied is not None:
+            await respond_error(send, denied, window)
+            return
+        errors: list[dict[str, Any]] = []
+        body: dict[str, Any] = {}
+        if operation == "list":
+            query, errors = connections.parse_list_query(pairs, registry)
+            if not errors:
+                body = registry.lookup(query)
+        else:
+            errors = [fields.unknown_parameter_error(name, value, ()) for name, value in pairs]
+            ids: list[str] = []
+            if operation == "kill":
+                uuids, body_errors = connections.parse_kill_body(raw)
+                errors.extend(body_errors)
+                ids = uuids or []
+            elif operation == "kill_endpoint":
+                endpoint = path[len(CONNECTIONS_PATH) + 1 :]
+                error = connections.endpoint_error(endpoint)
+                if error is not None:
+                    errors.append(error)
+            if not errors:
+                with state.lock:  # the active ids and their termination as one step
+                    if operation == "kill_endpoint":
+                        ids = registry.active_ids(path[len(CONNECTIONS_PATH) + 1 :])
+                    elif operation == "kill_all":
+                        ids = registry.active_ids()
+                    body = {"data": registry.kill(ids, ending)}
+        if errors:
+            await respond_error(send, problems.invalid_request(self.host, errors), window)
+            return
+        await respond(send, 200, orjson.dumps(body), JSON, window.headers())
+
     # --- control ------------------------------------------------------------------------
 
     async def control(
@@ -640,6 +816,13 @@ class SimulatorApp:
         if name == "rules-requests" and method == "GET":
             with state.lock:
                 return [dataclasses.asdict(r) for r in state.rules_log]
+        if name == "connections" and method == "GET":
+            return [dataclasses.asdict(r) for r in state.connections.snapshot()]
+        if name == "connections-requests" and method == "GET":
+            with state.lock:
+                return [dataclasses.asdict(r) for r in state.connections_log]
+        if name == "terminate-connections" and method == "POST":
+            return control.terminate_connections(state, _string_list(payload.get("uuids")))
         if name == "config" and method == "POST":
             control.configure(state, payload)
             return control.settings_json(state)
@@ -652,6 +835,12 @@ class SimulatorApp:
                 control.delete_rules(state, [str(i) for i in payload["delete"]])
             return {"ids": ids}
         return None
+
+
+def _string_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("`uuids` must be a list of strings")
+    return list(value)
 
 
 def _parse_time(value: str) -> float | None:

@@ -9,6 +9,12 @@ from typing import Literal
 
 Tier = Literal["free", "basic", "pro", "enterprise"]
 ConnectionPolicy = Literal["reject_new", "kick_old"]
+# How a stream terminated through the Connections API ends (connections.py).
+TerminateEnding = Literal["operational_disconnect", "close", "reset"]
+TERMINATE_ENDINGS: tuple[str, ...] = ("operational_disconnect", "close", "reset")
+# The Connections API: served, refused with 403 client-forbidden, or absent (404).
+ConnectionsApiMode = Literal["on", "forbidden", "absent"]
+CONNECTIONS_API_MODES: tuple[str, ...] = ("on", "forbidden", "absent")
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,13 @@ class SimulatorConfig:
     `backfill_tiers`: the tiers on which `backfill_minutes` is honoured. X documents it as
     Enterprise-only; elsewhere it is accepted (still range-checked) and ignored, our
     assumption as no refusal was ever captured.
+
+    Connections (connections.py): a stream holds one of the tier's `connections` slots, or
+    `connection_limit` when set. A client that goes away without the server ending its
+    stream leaves a zombie that keeps the slot for `zombie_seconds` (0: frees it at once).
+    `terminate_ending` is how a stream terminated through the Connections API ends;
+    `connections_api` serves that API ("on"), refuses it ("forbidden": 403) or hides it
+    ("absent": 404). The `connections_*_limit` fields are its request windows.
 
     TLS: with `tls_certfile` (and `tls_keyfile` unless the key is in the same PEM) it serves
     HTTPS; `http2=True` then offers HTTP/2 by ALPN ("h2"), HTTP/1.1 stays available on the
@@ -78,6 +91,18 @@ class SimulatorConfig:
     tls_certfile: str | Path | None = None
     tls_keyfile: str | Path | None = None
     http2: bool = False
+    # Connections API and zombie connections (live: Simulator.configure).
+    connection_limit: int | None = None
+    zombie_seconds: float = 0.0
+    terminate_ending: TerminateEnding = "operational_disconnect"
+    connections_api: ConnectionsApiMode = "on"
+    # Request windows of the Connections API. X documents only DELETE /2/connections/all
+    # (25 per 15 min); the others are our assumption.
+    connections_get_limit: int = 300
+    connections_delete_limit: int = 50  # DELETE /2/connections (by uuids)
+    connections_delete_endpoint_limit: int = 50  # DELETE /2/connections/{endpoint_id}
+    connections_delete_all_limit: int = 25  # DELETE /2/connections/all
+    connections_window_seconds: float = 900.0
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
@@ -98,8 +123,34 @@ class SimulatorConfig:
             raise ValueError("tls_keyfile needs tls_certfile")
         if self.http2 and self.tls_certfile is None:
             raise ValueError("http2 needs TLS (tls_certfile): X serves HTTP/2 only over TLS")
+        check_connection_limit(self.connection_limit)
+        check_zombie_seconds(self.zombie_seconds)
+        if self.terminate_ending not in TERMINATE_ENDINGS:
+            raise ValueError(f"unknown terminate_ending {self.terminate_ending!r}; expected"
+                             f" one of {TERMINATE_ENDINGS}")
+        if self.connections_api not in CONNECTIONS_API_MODES:
+            raise ValueError(f"unknown connections_api {self.connections_api!r}; expected"
+                             f" one of {CONNECTIONS_API_MODES}")
         self.tokens = tuple(self.tokens)
         self.user_context_tokens = tuple(self.user_context_tokens)
 
     def replace(self, **changes: object) -> SimulatorConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def check_connection_limit(value: object) -> int | None:
+    """None (the tier's slots) or a whole number >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"connection_limit must be null or an integer >= 0, not {value!r}")
+    return value
+
+
+def check_zombie_seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"zombie_seconds must be a number >= 0, not {value!r}")
+    seconds = float(value)
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"zombie_seconds must be a finite number >= 0, not {value!r}")
+    return seconds

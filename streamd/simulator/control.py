@@ -6,7 +6,13 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from streamd.simulator.config import TIERS
+from streamd.simulator.config import (
+    CONNECTIONS_API_MODES,
+    TERMINATE_ENDINGS,
+    TIERS,
+    check_connection_limit,
+    check_zombie_seconds,
+)
 from streamd.simulator.records import Rule
 from streamd.simulator.rule_syntax import RuleSyntaxError, compile_rule
 from streamd.simulator.state import SimulatorState
@@ -14,6 +20,7 @@ from streamd.simulator.state import SimulatorState
 SETTABLE = (
     "tier", "tweets_per_second", "total_tweets", "heartbeat_interval", "connection_policy",
     "usage_cap", "match_all", "rule_propagation_delay", "backfill_tiers",
+    "connection_limit", "zombie_seconds", "terminate_ending", "connections_api",
 )
 
 
@@ -100,6 +107,21 @@ def configure(state: SimulatorState, changes: dict[str, Any]) -> None:
             if isinstance(tiers, str) or not all(t in TIERS for t in tiers):
                 raise ValueError(f"backfill_tiers must be a list of tiers of {sorted(TIERS)}")
             settings.backfill_tiers = tuple(str(t) for t in tiers)
+        if "connection_limit" in changes:
+            settings.connection_limit = check_connection_limit(changes["connection_limit"])
+        if "zombie_seconds" in changes:
+            # Applies to clients that go away from now on; a zombie keeps its expiry.
+            state.connections.zombie_seconds = check_zombie_seconds(changes["zombie_seconds"])
+        if "terminate_ending" in changes:
+            if changes["terminate_ending"] not in TERMINATE_ENDINGS:
+                raise ValueError(f"unknown terminate_ending {changes['terminate_ending']!r};"
+                                 f" expected one of {TERMINATE_ENDINGS}")
+            settings.terminate_ending = str(changes["terminate_ending"])
+        if "connections_api" in changes:
+            if changes["connections_api"] not in CONNECTIONS_API_MODES:
+                raise ValueError(f"unknown connections_api {changes['connections_api']!r};"
+                                 f" expected one of {CONNECTIONS_API_MODES}")
+            settings.connections_api = str(changes["connections_api"])
     state.wake_all()
 
 
@@ -117,4 +139,16 @@ def settings_json(state: SimulatorState) -> dict[str, Any]:
             "match_all": s.match_all,
             "rule_propagation_delay": state.rules.propagation_delay,
             "backfill_tiers": list(s.backfill_tiers),
+            "connection_limit": s.connection_limit,
+            "zombie_seconds": state.connections.zombie_seconds,
+            "terminate_ending": s.terminate_ending,
+            "connections_api": s.connections_api,
         }
+
+
+def terminate_connections(state: SimulatorState, ids: Iterable[str]) -> dict[str, Any]:
+    """Terminate connections as DELETE /2/connections would, without its checks or window;
+    returns the answer's `data` (successful_kills, failed_kills, results)."""
+    with state.lock:
+        ending = state.settings.terminate_ending
+    return state.connections.kill(list(ids), ending)

@@ -66,6 +66,7 @@ class Fault:
     end: str = "clean"
     inflated_mb: int = 0  # gzip_bomb: inflated size, MiB
     shape: str = "heartbeats"  # gzip_bomb: BOMB_SHAPES
+    detail: str | None = None  # operational_disconnect: instead of the type's usual text
 
     def __post_init__(self) -> None:
         if self.kind not in STREAM_FAULT_KINDS:
@@ -80,6 +81,11 @@ class Fault:
             raise ValueError(f"unknown end {self.end!r}; expected one of {STREAM_ENDS}")
         if self.end != "clean" and self.kind not in ENDING_FAULTS:
             raise ValueError(f"`end` applies only to {ENDING_FAULTS}, not {self.kind!r}")
+        if self.kind == "raw":
+            if not self.lines:
+                raise ValueError("a raw fault needs `lines`")
+            if any(b"\n" in line for line in self.lines):
+                raise ValueError("a raw line must not contain a newline")
         if self.kind == "gzip_bomb":
             if self.shape not in BOMB_SHAPES:
                 raise ValueError(f"unknown shape {self.shape!r}; expected one of {BOMB_SHAPES}")
@@ -120,8 +126,6 @@ class Fault:
     def raw(cls, lines: Sequence[bytes]) -> Fault:
         """Send these exact lines (each gets its "\\r\\n"), e.g. fuzzed garbage. A line
         must not contain "\\n": the client would frame it as two lines."""
-        if any(b"\n" in line for line in lines):
-            raise ValueError("a raw line must not contain a newline")
         return cls("raw", lines=tuple(lines))
 
     @classmethod
@@ -168,17 +172,40 @@ class Fault:
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> Fault:
-        """From the control API / scenario form: {"fault": kind, ...parameters}."""
+        """From the control API / scenario form: {"fault": kind, ...parameters}. `lines`
+        (raw) is a list of strings, sent UTF-8 encoded."""
         kind = str(spec.get("fault", spec.get("kind", "")))
+        unknown = sorted(set(spec) - _SPEC_KEYS)
+        if unknown:
+            raise ValueError(f"unknown fault parameters {unknown}; expected some of"
+                             f" {sorted(_SPEC_KEYS)}")
+        detail = spec.get("detail")
         return cls(
             kind,
             disconnect_type=str(spec.get("disconnect_type", "OperationalDisconnect")),
             seconds=float(spec.get("seconds", 0.0)),
             count=int(spec.get("count", 1)),
+            lines=_spec_lines(spec.get("lines", [])),
             end=str(spec.get("end", "clean")),
             inflated_mb=int(spec.get("inflated_mb", 200 if kind == "gzip_bomb" else 0)),
             shape=str(spec.get("shape", "heartbeats")),
+            detail=None if detail is None else str(detail),
         )
+
+
+# Keys of the control API / scenario form of a Fault ("at" is the scenario's time).
+_SPEC_KEYS = frozenset({
+    "fault", "kind", "disconnect_type", "seconds", "count", "lines", "end", "inflated_mb",
+    "shape", "detail", "at",
+})
+
+
+def _spec_lines(value: Any) -> tuple[bytes, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ValueError("`lines` must be a list of strings")
+    if not all(isinstance(line, str) for line in value):
+        raise ValueError("`lines` must be a list of strings")
+    return tuple(line.encode("utf-8") for line in value)
 
 
 _V1_OVER_CAPACITY = (130, "Twitter is over capacity.")

@@ -58,7 +58,13 @@ STREAM_PARAMETERS = (
 
 
 def validate_list(parameter: str, raw: str) -> tuple[frozenset[str], list[dict[str, Any]]]:
-    allowed = LIST_PARAMETERS[parameter]
+    return validate_enum_list(parameter, raw, LIST_PARAMETERS[parameter])
+
+
+def validate_enum_list(
+    parameter: str, raw: str, allowed: tuple[str, ...]
+) -> tuple[frozenset[str], list[dict[str, Any]]]:
+    """A comma-separated list query parameter whose values must be in `allowed`."""
     values = raw.split(",")
     errors = [
         param_error(

@@ -194,12 +194,16 @@ def not_found() -> ErrorAnswer:
 # --- in-stream and rule-level problems (items of an `errors` array) ---------------------
 
 
-def operational_disconnect(host: str, disconnect_type: str) -> dict[str, Any]:
+def operational_disconnect(
+    host: str, disconnect_type: str, detail: str | None = None
+) -> dict[str, Any]:
+    """The in-stream operational-disconnect problem; `detail` replaces the type's text."""
     if disconnect_type not in DISCONNECT_TYPES:
         raise ValueError(f"unknown disconnect_type {disconnect_type!r}")
-    detail = _DISCONNECT_DETAILS.get(
-        disconnect_type, "This stream has been disconnected for operational reasons."
-    )
+    if detail is None:
+        detail = _DISCONNECT_DETAILS.get(
+            disconnect_type, "This stream has been disconnected for operational reasons."
+        )
     return {
         "title": "operational-disconnect",
         "disconnect_type": disconnect_type,

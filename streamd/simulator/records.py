@@ -1,4 +1,5 @@
-"""Plain records the simulator hands back to tests: rules, sent lines, connect attempts."""
+"""Plain records the simulator hands back to tests: rules, sent lines, connect attempts,
+connections and Connections API requests."""
 
 from __future__ import annotations
 
@@ -30,13 +31,15 @@ class SentLine:
 
 @dataclass(frozen=True)
 class ConnectRecord:
-    """One connect attempt. `status` 0: accepted and never answered (ConnectFault.hang)."""
+    """One connect attempt. `status` 0: accepted and never answered (ConnectFault.hang).
+    `connection_id`: the connection a 200 created (see ConnectionRecord)."""
 
     at: float
     status: int
     problem_type: str | None
     detail: str | None
     query: dict[str, str] = field(default_factory=dict)
+    connection_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,3 +52,36 @@ class RulesRequestRecord:
     status: int
     problem_type: str | None = None
     fault: str | None = None
+
+
+@dataclass(frozen=True)
+class ConnectionRecord:
+    """One stream connection as X's Connections API knows it (a snapshot). The times are
+    rendered as the API renders them (RFC 3339 UTC with milliseconds); the `*_epoch` fields
+    hold the same instants as UNIX seconds. `active`: it holds a connection slot (its stream
+    is open, or it is a zombie); `zombie`: active although its client has gone away."""
+
+    id: str
+    endpoint_name: str
+    client_ip: str | None
+    connected_at: str
+    disconnected_at: str | None
+    disconnect_reason: str | None
+    active: bool
+    zombie: bool
+    connected_at_epoch: float
+    disconnected_at_epoch: float | None
+
+
+@dataclass(frozen=True)
+class ConnectionsRequestRecord:
+    """One request to the Connections API (/2/connections...), as answered. `uuids`: the
+    ids a DELETE /2/connections asked for (None when its body was not a list of strings,
+    and for the other requests)."""
+
+    at: float
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int
+    uuids: list[str] | None = None

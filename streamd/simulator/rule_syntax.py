@@ -26,6 +26,16 @@ KNOWN_OPERATORS = frozenset(
 )
 # Operators that cannot form a rule on their own (need a keyword or another operator).
 _CONJUNCTION_REQUIRED = frozenset({"is", "has", "lang"})
+# What `has:` and `is:` take (X's operator reference, plus PowerTrack names X still knows).
+# Anything else is an unknown operator to X: `has:polls` was answered "Reference to invalid
+# operator 'has:polls'." (no position), after the standalone error when alone.
+OPERATOR_VALUES: dict[str, frozenset[str]] = {
+    "has": frozenset({
+        "hashtags", "cashtags", "links", "mentions", "media", "images", "videos",
+        "video_link", "geo", "lang", "profile_geo", "symbols",
+    }),
+    "is": frozenset({"retweet", "reply", "quote", "verified", "nullcast"}),
+}
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,8 @@ class _Parser:
         self.errors: list[str] = []
         self.positive_terms = 0  # non-negated standalone-capable terms
         self.conjunction_only = 0  # is:/has:/lang: terms
+        # Unknown has:/is: values: reported after the standalone check (see compile_rule).
+        self.value_errors: list[str] = []
 
     def peek(self) -> Token | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -193,6 +205,9 @@ class _Parser:
                     f"Reference to invalid field '{operator}' (at position {tok.position})."
                 )
                 return lambda f: False
+            values = OPERATOR_VALUES.get(op)
+            if values is not None and argument.lower() not in values:
+                self.value_errors.append(f"Reference to invalid operator '{text}'.")
             if op in _CONJUNCTION_REQUIRED:
                 self.conjunction_only += 1
             elif not tok.negated:
@@ -260,10 +275,13 @@ def compile_rule(value: str, max_length: int) -> Predicate:
     predicate = parser.parse()
     if parser.errors:
         raise RuleSyntaxError(parser.errors)
+    details: list[str] = []
     if parser.positive_terms == 0:
         if parser.conjunction_only:
-            raise RuleSyntaxError(
-                ["is/has/lang cannot be used as a standalone operator (at position 1)"]
-            )
-        raise RuleSyntaxError(["Rules must contain a non-negation term (at position 1)"])
+            details.append("is/has/lang cannot be used as a standalone operator (at position 1)")
+        else:
+            details.append("Rules must contain a non-negation term (at position 1)")
+    details.extend(parser.value_errors)
+    if details:
+        raise RuleSyntaxError(details)
     return predicate

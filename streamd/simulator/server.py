@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -22,6 +23,8 @@ from streamd.simulator.faults import ConnectFault, Fault
 from streamd.simulator.feed import Feed
 from streamd.simulator.h2_server import H2Protocol
 from streamd.simulator.records import (
+    ConnectionRecord,
+    ConnectionsRequestRecord,
     ConnectRecord,
     Rule,
     RulesRequestRecord,
@@ -116,15 +119,19 @@ class Simulator:
         )
         self._thread: threading.Thread | None = None
         self._server: _EmbeddedServer | None = None
+        self._sockets: list[socket.socket] = []
         self._error: BaseException | None = None
         self.port: int = 0
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self, timeout: float = 10.0) -> Simulator:
+        """Bind the listening socket(s) and serve in a background thread. A port that
+        cannot be bound raises OSError here (errno EADDRINUSE when it is taken)."""
         if self._thread is not None:
             raise RuntimeError("simulator already started")
         config = self.config
+        self._sockets = bind_sockets(config.host, config.port)
         uv_config = uvicorn.Config(
             self._app,
             host=config.host,
@@ -147,12 +154,13 @@ class Simulator:
         deadline = time.monotonic() + timeout
         while not self._server.started:
             if self._error is not None or not self._thread.is_alive():
+                for sock in self._sockets:
+                    sock.close()
                 raise RuntimeError(f"simulator failed to start: {self._error!r}")
             if time.monotonic() > deadline:
                 raise TimeoutError("simulator did not start in time")
             time.sleep(0.005)
-        sockets = self._server.servers[0].sockets
-        self.port = int(sockets[0].getsockname()[1])
+        self.port = int(self._sockets[0].getsockname()[1])
         return self
 
     def _run(self) -> None:
@@ -178,7 +186,7 @@ class Simulator:
             else None
         )
         try:
-            await self._server.serve()
+            await self._server.serve(sockets=self._sockets)
         finally:
             if scenario_task is not None:
                 scenario_task.cancel()
@@ -323,7 +331,41 @@ class Simulator:
             )
 
     def active_connections(self) -> int:
+        """Open streams (a zombie connection has none; see connection_records)."""
         return len(list(self.state.open_sessions()))
+
+    # --- connections (X's Connections API; see connections.py) ----------------------------
+
+    def connection_records(self) -> list[ConnectionRecord]:
+        """Every connection since the start, newest first, with `active` and `zombie`."""
+        return self.state.connections.snapshot()
+
+    def connections_requests(self) -> list[ConnectionsRequestRecord]:
+        """Every request to the Connections API, as answered."""
+        with self.state.lock:
+            return list(self.state.connections_log)
+
+    def terminate_connections(self, ids: Iterable[str]) -> dict[str, Any]:
+        """Terminate these connections as DELETE /2/connections would (without its auth,
+        window or body checks); returns its `data`: successful_kills, failed_kills and
+        results."""
+        return control.terminate_connections(self.state, ids)
+
+    def wait_connections_requests(self, n: int, timeout: float) -> bool:
+        """Block until at least `n` Connections API requests are recorded."""
+        with self.state.log_changed:
+            return self.state.log_changed.wait_for(
+                lambda: len(self.state.connections_log) >= n, timeout
+            )
+
+    def wait_active_records(self, n: int, timeout: float) -> bool:
+        """Block until exactly `n` connections are active (open streams and zombies)."""
+        deadline = time.monotonic() + timeout
+        while len(self.state.connections.holders()) != n:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def wait_sent(self, n: int, timeout: float) -> bool:
         with self.state.sent_changed:
@@ -339,6 +381,35 @@ class Simulator:
                 return False
             time.sleep(0.005)
         return True
+
+
+def bind_sockets(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address of `host` (as asyncio's create_server binds
+    them; with port 0 they share the port the first one got). OSError when one cannot be
+    bound, e.g. EADDRINUSE for a port in use: raised here, not inside the server thread."""
+    infos = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, Any]] = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _bracket(host: str) -> str:

@@ -5,16 +5,24 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextlib
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from streamd.simulator.config import TIERS, SimulatorConfig, TierLimits
+from streamd.simulator.connections import ConnectionRegistry
 from streamd.simulator.faults import ConnectFault, Fault
 from streamd.simulator.ratelimit import FixedWindow
-from streamd.simulator.records import ConnectRecord, RulesRequestRecord, SentLine, SentTweet
+from streamd.simulator.records import (
+    ConnectionsRequestRecord,
+    ConnectRecord,
+    RulesRequestRecord,
+    SentLine,
+    SentTweet,
+)
 from streamd.simulator.rules import RuleStore
 from streamd.simulator.rules_faults import RulesFault
 
@@ -34,10 +42,21 @@ class LiveSettings:
     usage_cap: int | None
     match_all: bool
     backfill_tiers: tuple[str, ...]
+    connection_limit: int | None = None
+    terminate_ending: str = "operational_disconnect"
+    connections_api: str = "on"
 
     @property
     def limits(self) -> TierLimits:
         return TIERS[self.tier]
+
+    @property
+    def slot_limit(self) -> int:
+        """How many connections may be active at once: `connection_limit`, else the
+        tier's."""
+        if self.connection_limit is not None:
+            return self.connection_limit
+        return self.limits.connections
 
     @property
     def product_name(self) -> str:
@@ -74,7 +93,7 @@ class SimulatorState:
         self.config = config
         self.lock = threading.RLock()
         self.sent_changed = threading.Condition(self.lock)
-        # Notified on every new connect or rules request record.
+        # Notified on every new connect, rules request or Connections API request record.
         self.log_changed = threading.Condition(self.lock)
         self.settings = LiveSettings(
             tier=config.tier,
@@ -85,12 +104,27 @@ class SimulatorState:
             usage_cap=config.usage_cap,
             match_all=config.match_all,
             backfill_tiers=tuple(config.backfill_tiers),
+            connection_limit=config.connection_limit,
+            terminate_ending=config.terminate_ending,
+            connections_api=config.connections_api,
         )
         self.rules = RuleStore()
         self.rules.propagation_delay = config.rule_propagation_delay
         self.stream_window = FixedWindow(config.connect_window_limit, config.connect_window_seconds)
         self.rules_get_window = FixedWindow(config.rules_get_limit, config.rules_window_seconds)
         self.rules_post_window = FixedWindow(config.rules_post_limit, config.rules_window_seconds)
+        # The Connections API: the registry of every connection, its windows, its log.
+        self.connections = ConnectionRegistry(self.lock, zombie_seconds=config.zombie_seconds)
+        seconds = config.connections_window_seconds
+        self.connections_get_window = FixedWindow(config.connections_get_limit, seconds)
+        self.connections_delete_window = FixedWindow(config.connections_delete_limit, seconds)
+        self.connections_delete_endpoint_window = FixedWindow(
+            config.connections_delete_endpoint_limit, seconds
+        )
+        self.connections_delete_all_window = FixedWindow(
+            config.connections_delete_all_limit, seconds
+        )
+        self.connections_log: list[ConnectionsRequestRecord] = []
         self.sent = SentLog()
         self.other_lines: list[SentLine] = []
         self.connect_log: list[ConnectRecord] = []
@@ -128,6 +162,11 @@ class SimulatorState:
     def record_rules_request(self, record: RulesRequestRecord) -> None:
         with self.lock:
             self.rules_log.append(record)
+            self.log_changed.notify_all()
+
+    def record_connections_request(self, record: ConnectionsRequestRecord) -> None:
+        with self.lock:
+            self.connections_log.append(record)
             self.log_changed.notify_all()
 
     def sent_count(self) -> int:
@@ -189,6 +228,15 @@ class SimulatorState:
             except RuntimeError:  # loop closed between the check and the call
                 return
         self.wake_all()
+
+    def call_in_loop(self, callback: Callable[[], object]) -> None:
+        """Run `callback` on the server's loop (from any thread); dropped once it is
+        closed."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed between the check and the call
+            loop.call_soon_threadsafe(callback)
 
     def wake_all(self) -> None:
         loop = self.loop

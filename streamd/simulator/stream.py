@@ -1,6 +1,7 @@
 """One open `GET /2/tweets/search/stream` response: sends matching tweets, heartbeats and
-injected faults as chunked `\\r\\n`-terminated lines, until a fault, a kick, the usage cap,
-a slow reader or the client ends it."""
+injected faults as chunked `\\r\\n`-terminated lines, until a fault, a kick, a termination
+through the Connections API, the usage cap, a slow reader or the client ends it. How it
+ended sets its connection's `disconnect_reason` (connections.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from typing import Any
 
 import orjson
 
-from streamd.simulator import problems
+from streamd.simulator import connections, problems
 from streamd.simulator.connection import ConnectionControl
+from streamd.simulator.connections import Connection
 from streamd.simulator.faults import Fault
 from streamd.simulator.feed import Event, Feed
 from streamd.simulator.state import SimulatorState
@@ -37,15 +39,28 @@ _MALFORMED_LINES = (
 # A fault's `end` -> how _finish ends the stream.
 _ENDS = {"clean": "end", "reset": "reset", "no_final_chunk": "drop", "rst_stream": "rst_stream"}
 
+# terminate_ending -> what a stream terminated through the Connections API is sent.
+_OPERATOR_ENDS = {
+    "operational_disconnect": Fault(
+        "operational_disconnect", disconnect_type=connections.OPERATOR_DISCONNECT_TYPE,
+        detail=connections.OPERATOR_DETAIL,
+    ),
+    "close": Fault.close(),
+    "reset": Fault.close(end="reset"),
+}
+
 
 class _StreamEnded(Exception):
     """Raised inside the loop to stop sending; `how` says how the stream ends: "end" (clean
     end of body), "drop" (FIN, body not ended), "reset" (TCP RST after a drain),
-    "rst_stream" (HTTP/2 RST_STREAM after a drain), "abort" (discard buffer), "gone"."""
+    "rst_stream" (HTTP/2 RST_STREAM after a drain), "abort" (discard buffer), "gone".
+    `reason`: the connection's disconnect_reason when the server ends it; None when the
+    client went away."""
 
-    def __init__(self, how: str) -> None:
+    def __init__(self, how: str, reason: str | None = None) -> None:
         super().__init__(how)
         self.how = how
+        self.reason = reason
 
 
 class StreamSession:
@@ -70,6 +85,10 @@ class StreamSession:
         self.wake = asyncio.Event()
         self.finished = False
         self.kicked = False
+        # The connection this stream is (set when its 200 is decided), and how to end it
+        # once it is terminated through the Connections API (a terminate_ending).
+        self.connection: Connection | None = None
+        self._operator_end: str | None = None
         self.client_gone = asyncio.Event()
         self.backfill_minutes = backfill_minutes
         self.recovery = recovery
@@ -84,11 +103,21 @@ class StreamSession:
         self._swap_next = 0
         self._batch = 128
 
-    def holds_slot(self) -> bool:
-        """Counts against the tier's connection limit: open, not kicked, client still there."""
-        if self.finished or self.kicked or self.client_gone.is_set():
-            return False
-        return self.conn is None or not self.conn.gone()
+    # --- connections.StreamHandle -------------------------------------------------------
+
+    def client_went_away(self) -> bool:
+        """The client has closed or reset the connection, noticed or not."""
+        return self.client_gone.is_set() or (self.conn is not None and self.conn.gone())
+
+    def kick(self) -> None:
+        self.kicked = True
+        self.state.call_in_loop(self.wake.set)
+
+    def end_by_operator(self, ending: str) -> None:
+        if ending not in _OPERATOR_ENDS:
+            raise ValueError(f"unknown terminate_ending {ending!r}")
+        self._operator_end = ending
+        self.state.call_in_loop(self.wake.set)
 
     # --- writing ------------------------------------------------------------------------
 
@@ -109,7 +138,7 @@ class StreamSession:
             try:
                 await asyncio.wait_for(self._send(message), self.state.config.slow_reader_seconds)
             except TimeoutError:
-                raise _StreamEnded("abort") from None
+                raise _StreamEnded("abort", connections.SLOW_READER) from None
         else:
             await self._send(message)
         self._last_write = time.monotonic()
@@ -131,6 +160,7 @@ class StreamSession:
         watcher = asyncio.ensure_future(self._watch_disconnect(receive))
         cursor = self.feed.open_cursor()
         how = "end"
+        reason: str | None = connections.SERVER_DISCONNECT
         try:
             for fault in self.state.take_pending_faults():
                 self.faults.append(fault)
@@ -139,19 +169,23 @@ class StreamSession:
                 await self._replay_window(now - self.backfill_minutes * 60, now)
             if self.recovery is not None:
                 await self._replay_window(*self.recovery)
-                raise _StreamEnded("end")
+                raise _StreamEnded("end", connections.RECOVERY_COMPLETE)
             while True:
                 await self._step(cursor)
         except _StreamEnded as ended:
-            how = ended.how
+            how, reason = ended.how, ended.reason
         except (ConnectionError, OSError):
-            how = "gone"
+            how, reason = "gone", None
         finally:
             self.finished = True
             self.feed.close_cursor(cursor)
             with self.state.lock:
                 if self in self.state.sessions:
                     self.state.sessions.remove(self)
+                # Before the client can see the end: one that reconnects at once finds the
+                # slot free (unless its connection stays a zombie).
+                if self.connection is not None:
+                    self.state.connections.stream_ended(self.connection, reason)
                 # Still holding a socket until _finish returns: the simulator's stop aborts
                 # it if it takes long (a final send to a reader that stopped reading).
                 self.state.closing.add(self)
@@ -255,8 +289,13 @@ class StreamSession:
     async def _step(self, cursor: Any) -> None:
         if self.client_gone.is_set():
             raise _StreamEnded("gone")
-        if self.kicked or self.state.stopping:
-            raise _StreamEnded("end")
+        if self._operator_end is not None:
+            # Terminated: its connection is already inactive (operator_disconnect).
+            await self._apply(_OPERATOR_ENDS[self._operator_end])
+        if self.kicked:
+            raise _StreamEnded("end", connections.DUPLICATE_CONNECTION)
+        if self.state.stopping:
+            raise _StreamEnded("end", connections.SERVER_SHUTDOWN)
         deferred: list[Fault] = []
         while self.faults:
             fault = self.faults.popleft()
@@ -274,7 +313,7 @@ class StreamSession:
         if settings.usage_cap is not None:
             limit = settings.usage_cap - self.state.sent_count()
             if limit <= 0:
-                raise _StreamEnded("end")
+                raise _StreamEnded("end", connections.USAGE_CAPPED)
         modifiers = self._split_next or self._unknown_fields_next or self._partial_errors_next or (
             self._swap_next
         )
@@ -372,25 +411,27 @@ class StreamSession:
     async def _apply(self, fault: Fault) -> None:
         kind = fault.kind
         if kind == "operational_disconnect":
-            body = {"errors": [problems.operational_disconnect(self.host, fault.disconnect_type)]}
-            await self._send_other("operational_disconnect", orjson.dumps(body))
-            raise _StreamEnded(_ENDS[fault.end])
+            problem = problems.operational_disconnect(
+                self.host, fault.disconnect_type, fault.detail
+            )
+            await self._send_other("operational_disconnect", orjson.dumps({"errors": [problem]}))
+            raise _StreamEnded(_ENDS[fault.end], connections.SERVER_DISCONNECT)
         if kind == "usage_capped":
             product = self.state.settings.product_name
             body = {"errors": [problems.usage_capped_problem(self.host, product)]}
             await self._send_other("usage_capped", orjson.dumps(body))
-            raise _StreamEnded(_ENDS[fault.end])
+            raise _StreamEnded(_ENDS[fault.end], connections.USAGE_CAPPED)
         if kind == "close":
-            raise _StreamEnded(_ENDS[fault.end])
+            raise _StreamEnded(_ENDS[fault.end], connections.SERVER_DISCONNECT)
         if kind == "slow_reader_drop":
-            raise _StreamEnded("drop")
+            raise _StreamEnded("drop", connections.SLOW_READER)
         if kind == "reset_mid_line":
             fresh = self.feed.fresh_line(self.selection, self.host)
             line = fresh[1] if fresh else b'{"data":{"id":"1","text":"reset mid line"}}'
             half = line[: max(1, len(line) // 2)]
             self.state.record_line("reset_partial", half)
             await self._write(half)
-            raise _StreamEnded("reset")
+            raise _StreamEnded("reset", connections.SERVER_DISCONNECT)
         if kind == "stall":
             self._stall_until = time.monotonic() + fault.seconds
             return

@@ -72,3 +72,17 @@ def test_generated_pool_matches_typical_rules_often_enough() -> None:
     share = sum(cat(model.features) for model in pool) / len(pool)
     assert 0.02 <= share <= 0.5
     assert make_pool(seed=0, size=20) == make_pool(seed=0, size=20)  # deterministic
+
+
+def test_unknown_has_and_is_values_are_invalid_operators() -> None:
+    with pytest.raises(RuleSyntaxError) as error:
+        compile_rule("cat has:imagez", 1024)
+    assert error.value.details == ["Reference to invalid operator 'has:imagez'."]
+    with pytest.raises(RuleSyntaxError) as error:
+        compile_rule("has:polls", 1024)  # X's answer, captured for this very rule
+    assert error.value.details == [
+        "is/has/lang cannot be used as a standalone operator (at position 1)",
+        "Reference to invalid operator 'has:polls'.",
+    ]
+    for value in ("cat has:media", "cat -is:nullcast", "cat has:VIDEOS is:quote"):
+        compile_rule(value, 1024)
