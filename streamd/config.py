@@ -8,6 +8,7 @@ models themselves are plain, frozen pydantic models so tests can build them from
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
@@ -305,6 +306,11 @@ class XSettings(_Section):
     poll_fields: Annotated[list[str], _enum_list(POLL_FIELDS)] = Field(default_factory=list)
     place_fields: Annotated[list[str], _enum_list(PLACE_FIELDS)] = Field(default_factory=list)
     connect_timeout: float = Field(default=10.0, gt=0)
+    # X's Connections API (README "Connection ownership"): learn this connection's id, clean
+    # up a stale slot streamd left, name the holder on TooManyConnections.
+    connections_api: bool = True
+    evict: Annotated[Literal["own", "never", "endpoint"], BeforeValidator(_lower)] = "own"
+    evict_min_interval: float = Field(default=300.0, ge=0)
 
     @field_validator("api_url")
     @classmethod
@@ -424,7 +430,7 @@ def _load_rules_file(path: Path) -> list[RuleSpec]:
     try:
         return list(_RulesFile.model_validate(data).rule)
     except ValidationError as exc:
-        raise _config_error_from(exc, prefix=f"rules.file({path})") from None
+        raise _config_error_from(exc, prefix=f"rules.file({path})", root=_RulesFile) from None
 
 
 class KafkaSettings(_Section):
@@ -534,6 +540,66 @@ class SpoolSettings(_Section):
     dir: Path = Path("/var/lib/streamd/spool")
     max_bytes: int = Field(default=1_073_741_824, gt=0)
     batch_interval: float = Field(default=0.2, gt=0)
+
+
+@dataclass(frozen=True)
+class DirectoryPlan:
+    """What `streamd run` would do to use a directory, found without creating anything
+    (`streamd check` reports it; run's error on a spool.dir it cannot create quotes it)."""
+
+    path: Path  # absolute
+    missing: tuple[Path, ...]  # what run would create, outermost first
+    base: Path  # the nearest existing ancestor (the path itself when it exists)
+    problem: str | None  # why run could not create or write it, else None
+
+
+def plan_directory(path: Path) -> DirectoryPlan:
+    """Creating `path` (mkdir -p), judged by looking only: the nearest existing ancestor
+    must be a directory this process may write. Root passes any permission check
+    (access(2) says so), except on a read-only file system (EROFS)."""
+    path = path.absolute()
+    missing: list[Path] = []
+    base = path
+    while not base.exists() and base != base.parent:
+        missing.append(base)
+        base = base.parent
+    missing.reverse()
+    problem: str | None = None
+    if not base.is_dir():
+        problem = (f"{base} is a file, not a directory" if base.exists()
+                   else f"{base} does not exist")
+        if missing:
+            problem += f", so {missing[0]} cannot be created"
+    elif not os.access(base, os.W_OK | os.X_OK):
+        who = f"uid {os.geteuid()}"
+        problem = (f"no write permission on {base} for this user ({who}), so {missing[0]} "
+                   "cannot be created" if missing
+                   else f"no write permission on {base} for this user ({who})")
+    return DirectoryPlan(path, tuple(missing), base, problem)
+
+
+def suggested_spool_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """A spool.dir that fits where streamd runs: systemd's $STATE_DIRECTORY (from
+    StateDirectory=, the unit's) + /spool, else the user's state directory
+    ($XDG_STATE_HOME, default ~/.local/state) + /streamd/spool."""
+    env = os.environ if environ is None else environ
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return Path(state) / "spool"
+    xdg = env.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "streamd" / "spool"
+
+
+def spool_dir_fix(environ: Mapping[str, str] | None = None) -> str:
+    """What to do about a spool.dir this user cannot create or write."""
+    env = os.environ if environ is None else environ
+    text = (f"set spool.dir (or STREAMD_SPOOL__DIR) to a directory this user may write, "
+            f"e.g. spool.dir = \"{suggested_spool_dir(env)}\"")
+    if not env.get("STATE_DIRECTORY"):
+        text += ("; as a systemd service, StateDirectory=streamd creates /var/lib/streamd "
+                 "for it (README, \"Running under systemd\")")
+    return text
 
 
 def _split_host_port(value: str) -> tuple[str, int]:
@@ -855,12 +921,18 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         section, _, key = rest.lower().partition("__")
         if section not in sections:
             raise ConfigError(
-                f"{section}.{key}", f"environment variable {name}: unknown section {section!r}"
+                f"{section}.{key}",
+                f"environment variable {name}: unknown section {section!r}"
+                + _did_you_mean((section, key), env=True),
             )
         section_model = typing.cast(type[BaseModel], sections[section].annotation)
         field = section_model.model_fields.get(key)
         if field is None:
-            raise ConfigError(f"{section}.{key}", f"environment variable {name}: unknown key")
+            raise ConfigError(
+                f"{section}.{key}",
+                f"environment variable {name}: unknown key" + _did_you_mean((section, key),
+                                                                            env=True),
+            )
         table = data.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(section, "must be a table")
@@ -877,12 +949,78 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _describe(error: Mapping[str, Any]) -> str:
+def _fields_of(model: Any) -> dict[str, Any]:
+    """The fields of a pydantic model or dataclass: name -> annotation."""
+    fields = getattr(model, "model_fields", None) or getattr(model, "__pydantic_fields__", {})
+    return {name: info.annotation for name, info in fields.items()}
+
+
+def _model_of(annotation: Any) -> Any:
+    """The model an annotation holds (a section, `list[RuleSpec]`, ...), else None."""
+    inner, _ = _unwrap_optional(annotation)
+    if typing.get_origin(inner) is list:
+        inner, _ = _unwrap_optional(typing.get_args(inner)[0])
+    return inner if _fields_of(inner) else None
+
+
+def _dotted_keys(model: Any, prefix: str = "") -> list[str]:
+    """Every key a config may hold, dotted (`kafka.topic`, `rules.rule.value`)."""
+    keys: list[str] = []
+    for name, annotation in _fields_of(model).items():
+        key = f"{prefix}{name}"
+        keys.append(key)
+        inner = _model_of(annotation)
+        if inner is not None:
+            keys += _dotted_keys(inner, f"{key}.")
+    return keys
+
+
+def _did_you_mean(loc: tuple[int | str, ...], *, root: Any = None, env: bool = False) -> str:
+    """`; did you mean `kafka.bootstrap_servers`?` for the unknown key at `loc`, or "".
+
+    The closest key of the same table first (a typo), then the same name in another table
+    (a key put in the wrong section), then the closest of every known key."""
+    parts = [part for part in loc if isinstance(part, str)]
+    if not parts:
+        return ""
+    model = Settings if root is None else root
+    table = model
+    for part in parts[:-1]:
+        annotation = _fields_of(table).get(part)
+        table = _model_of(annotation) if annotation is not None else None
+        if table is None:
+            break
+    name = parts[-1]
+    prefix = _format_loc(loc[:-1])  # as the key is named: `rules.rule[0]`
+    known = _dotted_keys(model)
+    found: str | None = None
+    if table is not None:
+        close = difflib.get_close_matches(name, list(_fields_of(table)), n=1, cutoff=0.6)
+        if close:
+            found = f"{prefix}.{close[0]}" if prefix else close[0]
+    if found is None:
+        elsewhere = [key for key in known if key.rsplit(".", 1)[-1] == name]
+        if elsewhere:
+            found = elsewhere[0]
+    if found is None:
+        close = difflib.get_close_matches(".".join(parts), known, n=1, cutoff=0.6)
+        if close:
+            found = close[0]
+    if found is None:
+        return ""
+    if env and "." in found:
+        section, _, key = found.partition(".")
+        if "." not in key:
+            return f"; did you mean {ENV_PREFIX}{section.upper()}__{key.upper()} (`{found}`)?"
+    return f"; did you mean `{found}`?"
+
+
+def _describe(error: Mapping[str, Any], root: Any = None) -> str:
     kind = error["type"]
     loc = error["loc"]
     value = error.get("input")
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        return "unknown key"
+        return "unknown key" + _did_you_mean(tuple(loc), root=root)
     if kind == "missing":
         return "required"
     if kind == "literal_error":
@@ -899,13 +1037,15 @@ def _describe(error: Mapping[str, Any]) -> str:
     return problem
 
 
-def _config_error_from(exc: ValidationError, prefix: str = "") -> ConfigError:
+def _config_error_from(
+    exc: ValidationError, prefix: str = "", root: Any = None
+) -> ConfigError:
     errors = exc.errors(include_url=False, include_context=True)
     first = errors[0]
     key = _format_loc(tuple(first["loc"]))
     if prefix:
         key = f"{prefix}.{key}" if key else prefix
-    problem = _describe(first)
+    problem = _describe(first, root)
     if len(errors) > 1:
         more = len(errors) - 1
         problem += f" (and {more} more error{'s' if more > 1 else ''})"

@@ -29,13 +29,14 @@ What /readyz, STATUS=, the watchdog and the shutdown read is one object, `self.s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 
 import anyio
@@ -56,6 +57,8 @@ from streamd.ops.metrics import Metrics
 from streamd.ops.status import report_to_systemd
 from streamd.reasons import ExitCode
 from streamd.records import OutRecord
+from streamd.x.connections import ConnectionsApi
+from streamd.x.ownership import OWN_CONNECTION_KEY, SlotKeeper
 from streamd.x.reconnect import ReconnectPolicy
 from streamd.x.rules import RulesApi, sync_configured_rules
 from streamd.x.stream import StreamReader, make_client, queue_batches
@@ -167,6 +170,8 @@ class Daemon:
             dedup.preload(await anyio.to_thread.run_sync(
                 spool.recent_ids, DEDUP_WINDOW_S, DEDUP_MAX_IDS))
             last_read_at = await anyio.to_thread.run_sync(_last_read_at, spool)
+            keeper = self._slot_keeper(token, spool)
+            await keeper.load()
         except BaseException:
             await anyio.to_thread.run_sync(spool.close)
             raise
@@ -176,6 +181,7 @@ class Daemon:
             self.log.info("spool.found", spooled=spool.count, bytes=spool.bytes,
                           detail="publishing what a previous run left")
         self.metrics.rule_tags.configure(configured_tags(settings))
+        self.metrics.leader.set(1)  # ha.mode "off": the one instance reads X
         changes = self.state.changes
         publisher = KafkaPublisher(
             settings.kafka, self.metrics, self.log, spool=spool,
@@ -190,6 +196,7 @@ class Daemon:
             room=publisher.spool_room,  # closed while the spool is full: the reader stays off X
             changes=changes,
             last_read_at=last_read_at,
+            keeper=keeper if settings.x.connections_api else None,
         )
         self.state.stream, self.state.kafka = reader, publisher
         send, receive = anyio.create_memory_object_stream[list[OutRecord]](
@@ -318,6 +325,17 @@ class Daemon:
 
     # -- rules -----------------------------------------------------------------------
 
+    def _slot_keeper(self, token: str, spool: Spool) -> SlotKeeper:
+        settings = self.settings
+
+        @contextlib.asynccontextmanager
+        async def connections_api() -> AsyncIterator[ConnectionsApi]:
+            async with make_client(settings, token) as client:
+                yield ConnectionsApi(client, metrics=self.metrics)
+
+        return SlotKeeper(settings.x, connections_api, self.log, self.metrics,
+                          store=_SpoolMeta(spool, OWN_CONNECTION_KEY))
+
     def _rules_api(self) -> RulesApi:
         """The daemon's rules client: transient failures (network, 5xx, 429 however far its
         reset) are retried on the server_error schedule for as long as it takes; every wait
@@ -390,6 +408,20 @@ class Daemon:
             raise
         except StreamdError as exc:
             self.log.error("rules.sync_failed", error=str(exc), action="keeping server rules")
+
+
+@dataclass(frozen=True, slots=True)
+class _SpoolMeta:
+    """One meta key of the spool's database, as the X side's OwnRecordStore."""
+
+    spool: Spool
+    key: str
+
+    async def load(self) -> str | None:
+        return await anyio.to_thread.run_sync(self.spool.get_meta, self.key)
+
+    async def save(self, text: str) -> None:
+        await anyio.to_thread.run_sync(self.spool.set_meta, self.key, text)
 
 
 def _last_read_at(spool: Spool) -> float | None:

@@ -9,6 +9,8 @@ StreamdError, and its `exit_code` is what the process exits with if that error e
     │   └── RulesSyncError .................. 78, or 70 when its `reason` is transient
     ├── FatalDisconnect ..................... the reason's code (77 or 78)
     ├── AnswerTooLarge ...................... 70  X answered more than the cap allows
+    ├── ConnectionsApiError ................. 70  the Connections API failed (transient)
+    │   └── ConnectionsUnavailable .......... 70  no access to it (403) or absent (404)
     ├── SpoolError .......................... 70  the spool cannot be used
     │   ├── SpoolInUse ...................... 70  another daemon holds the directory
     │   └── SpoolFull ....................... 70  over spool.max_bytes, or the disk is full
@@ -128,6 +130,23 @@ class AnswerTooLarge(StreamdError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"answer larger than {limit} bytes")
         self.limit = limit
+
+
+class ConnectionsApiError(StreamdError):
+    """A request to X's Connections API failed: network, 5xx, 429, an answer that is not
+    the documented shape. The daemon carries on as if the API did not exist (this
+    disconnect is waited out the old way); a command exits 70."""
+
+
+class ConnectionsUnavailable(ConnectionsApiError):
+    """The app cannot use the Connections API: its tier has no access (403) or the endpoint
+    does not exist (404). The daemon stops asking for the rest of its run."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(f"the Connections API is not available to this app (HTTP {status}): "
+                         f"{detail}")
 
 
 class SpoolError(StreamdError):

@@ -32,6 +32,10 @@ class Reason(enum.StrEnum):
     # Not one of X's conditions: streamd itself closed the stream because the spool is full
     # or it is shutting down. Kept separate so X-side reasons stay honest.
     SPOOL_FULL = "spool_full"
+    # Our connection was terminated through X's Connections API by another client of the
+    # app (found in the connection history): waited out like too_many_connections, and
+    # never evicted back within x.evict_min_interval.
+    EVICTED = "evicted"
     SHUTDOWN = "shutdown"
 
 

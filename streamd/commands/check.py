@@ -1,8 +1,15 @@
 """`streamd check`: the operator's first command. One line per check, a verdict, exit 0 only
 when no check failed (a WARN passes).
 
-Checks, in order: config, token, stream_access, rate_limits, rules, kafka, topics, spool.
-A check whose prerequisite failed is reported SKIP rather than guessed at.
+Checks, in order: config, token, stream_access, rate_limits, rules, kafka, producer, topics,
+spool. A check whose prerequisite failed is reported SKIP rather than guessed at.
+
+A green check predicts `streamd run`: the configured rules are validated by X with the
+rules endpoint's dry run (`dry_run=true`: nothing changes), as run validates them before it
+applies them; a producer is started with the daemon's settings and stopped, publishing
+nothing (with enable_idempotence its start asks for a producer id, which some brokers
+refuse); the spool directory is judged by looking only: check creates nothing, it says what
+run would create.
 
 Three layers, as in streamd.x.rules:
 
@@ -40,22 +47,38 @@ import anyio
 import httpx
 import orjson
 
-from streamd.config import RuleSpec, Settings
-from streamd.errors import AnswerTooLarge, ConfigError, StreamdError
+from streamd.commands.connections import own_record
+from streamd.config import RuleSpec, Settings, plan_directory, spool_dir_fix
+from streamd.errors import (
+    AnswerTooLarge,
+    ConfigError,
+    ConnectionsUnavailable,
+    CredentialsError,
+    RulesError,
+    RulesSyncError,
+    StreamdError,
+)
+from streamd.kafka.producer import try_producer
 from streamd.kafka.publisher import producer_kwargs
+from streamd.kafka.spool import held_by_a_daemon
 from streamd.ops.logs import redact
+from streamd.ops.metrics import Metrics
 from streamd.ops.terminal import json_printable, printable
 from streamd.reasons import ExitCode, Reason
 from streamd.x.body import read_answer
 from streamd.x.classify import Classification, classify_answer, classify_transport_error
+from streamd.x.connections import ConnectionsApi, XConnection
+from streamd.x.ownership import describe
 from streamd.x.rules import (
     PAGE_SIZE,
     RULES_PATH,
     RulesApi,
     ServerRule,
+    SyncResult,
     check_locally,
     plan_rules,
     rules_of,
+    sync_rules,
     terminal_policy,
 )
 from streamd.x.stream import make_client
@@ -68,7 +91,8 @@ KAFKA_DEADLINE = 5.0  # seconds for bootstrap + metadata
 PROBE_NAME = ".streamd-check-probe"
 
 CHECK_NAMES = (
-    "config", "token", "stream_access", "rate_limits", "rules", "kafka", "topics", "spool",
+    "config", "token", "stream_access", "rate_limits", "rules", "connections", "kafka",
+    "producer", "topics", "spool",
 )
 
 TIER_FIX = (
@@ -77,6 +101,12 @@ TIER_FIX = (
 )
 USER_CONTEXT_FIX = "a user-context token: use the app's bearer token (OAuth 2.0 App-Only)"
 SYNC_FIX = "run `streamd rules sync` (`streamd run` also syncs at start-up)"
+RULE_SYNTAX_FIX = (
+    "correct the rule's value in the config (X's rule syntax: "
+    "https://docs.x.com/x-api/posts/filtered-stream/integrate/build-a-rule); "
+    "`streamd rules sync --dry-run` shows X's whole answer"
+)
+IDEMPOTENCE_FIX = "set kafka.enable_idempotence = false"
 
 
 class Status(enum.StrEnum):
@@ -148,6 +178,14 @@ class XProbe:
     transport_error: str | None = None  # no answer at all
     rules: tuple[ServerRule, ...] | None = None  # every server rule, when the GET succeeded
     rules_error: str | None = None  # pagination beyond the first page failed
+    # X's verdict on the configured change (the dry run `streamd run` makes before it
+    # applies it): what it would do, or why it cannot. Both None: nothing was asked.
+    dry_run: SyncResult | None = None
+    dry_run_error: StreamdError | None = None
+    # The Connections API: the active connections on filtered_stream, or why not.
+    connections: tuple[XConnection, ...] | None = None
+    connections_error: str | None = None
+    connections_unavailable: int | None = None  # 403/404: the app has no such API
 
 
 @dataclass(frozen=True)
@@ -159,11 +197,22 @@ class KafkaProbe:
 
 
 @dataclass(frozen=True)
+class ProducerProbe:
+    """A producer with the daemon's settings, started and stopped, publishing nothing."""
+
+    error: str | None = None  # why it did not start
+    # With enable_idempotence: the same producer without idempotence started (so the broker
+    # refused the producer id), and whether it was refused for want of permission.
+    idempotence_refused: bool = False
+    unauthorized: bool = False
+
+
+@dataclass(frozen=True)
 class SpoolProbe:
     path: Path
     error: str | None = None
     free_bytes: int | None = None
-    created: bool = False
+    to_create: tuple[Path, ...] = ()  # what `streamd run` would create (check creates none)
 
 
 # --- pure judges --------------------------------------------------------------------------
@@ -366,13 +415,57 @@ def judge_rules(settings: Settings, probe: XProbe, token: CheckResult) -> CheckR
             f"{counts}: no rule would be active, so the stream would be refused (409)",
             "configure at least one [[rules.rule]]",
         )
+    if probe.dry_run_error is not None:
+        return _judge_dry_run_error(settings, counts, probe.dry_run_error)
     if plan.in_sync and not plan.conflicts:
         return CheckResult(name, Status.OK, f"{counts}; in sync")
     diff = f"{len(plan.to_add)} to add, {len(plan.to_delete)} to delete"
     if plan.conflicts:
         diff += (f", {len(plan.conflicts)} held under another tag (mode add never "
                  "deletes them)")
+    if probe.dry_run is not None and plan.to_add:
+        diff += "; X accepts the rules to add (dry run, nothing changed)"
     return CheckResult(name, Status.WARN, f"{counts}; {diff}", SYNC_FIX)
+
+
+def _judge_dry_run_error(
+    settings: Settings, counts: str, error: StreamdError
+) -> CheckResult:
+    """What X's dry run of the configured change said, when it did not accept it."""
+    if settings.rules.on_error == "fail":
+        then = "`streamd run` would exit 78"
+    else:
+        then = "`streamd run` would stream on the server's rules: rules.on_error = continue"
+    if isinstance(error, RulesSyncError) and error.invalid:
+        first = error.invalid[0]
+        tag = f" (tag {first.tag!r})" if first.tag is not None else ""
+        more = f" (and {len(error.invalid) - 1} more)" if len(error.invalid) > 1 else ""
+        return CheckResult(
+            "rules", Status.FAIL,
+            f"{counts}; X rejects rule {first.value!r}{tag}: {' '.join(first.details)}{more}"
+            f" (dry run, nothing changed; {then})",
+            RULE_SYNTAX_FIX,
+        )
+    if isinstance(error, CredentialsError):
+        return CheckResult(
+            "rules", Status.FAIL,
+            f"{counts}; X refused the rules POST (dry run): {error} (`streamd run` would "
+            "exit 77)",
+            "check the app's permissions in the X developer portal",
+        )
+    if isinstance(error, RulesError) and error.exit_code == ExitCode.CONFIG:
+        summary = error.summary if isinstance(error, RulesSyncError) else str(error)
+        return CheckResult(
+            "rules", Status.FAIL,
+            f"{counts}; X refuses the change (dry run, nothing changed): {summary}",
+            "configure fewer rules, or delete rules on the App",
+        )
+    summary = error.summary if isinstance(error, RulesSyncError) else str(error)
+    return CheckResult(
+        "rules", Status.WARN,
+        f"{counts}; X could not validate the configured rules (dry run): {summary}",
+        "retry `streamd check` later; `streamd run` validates them again before applying",
+    )
 
 
 def _judge_local_rules(desired: Sequence[RuleSpec], settings: Settings) -> CheckResult | None:
@@ -406,6 +499,45 @@ def judge_kafka(settings: Settings, probe: KafkaProbe) -> CheckResult:
         "kafka", Status.OK,
         f"{servers}: {probe.brokers} broker(s) answered in {probe.seconds:.2f} s "
         f"({settings.kafka.security_protocol})",
+    )
+
+
+def judge_producer(
+    settings: Settings, kafka: KafkaProbe, probe: ProducerProbe | None
+) -> CheckResult:
+    name = "producer"
+    if kafka.error is not None or probe is None:
+        return skipped(name, "the kafka check failed")
+    cfg = settings.kafka
+    if probe.error is None:
+        how = ("idempotent: the broker granted a producer id" if cfg.enable_idempotence
+               else "kafka.enable_idempotence = false")
+        return CheckResult(
+            name, Status.OK,
+            f"a producer with the daemon's settings started and stopped, publishing nothing "
+            f"({how}; acks = {cfg.acks}, compression = {cfg.compression})",
+        )
+    if probe.idempotence_refused and probe.unauthorized:
+        return CheckResult(
+            name, Status.FAIL,
+            f"this broker refuses this client the idempotent producer (InitProducerId: "
+            f"{probe.error}); a producer without idempotence starts",
+            "grant this principal the IdempotentWrite permission on the cluster, or "
+            + IDEMPOTENCE_FIX,
+        )
+    if probe.idempotence_refused:
+        return CheckResult(
+            name, Status.FAIL,
+            f"this broker does not support the idempotent producer (InitProducerId: "
+            f"{probe.error}); a producer without idempotence starts",
+            IDEMPOTENCE_FIX,
+        )
+    return CheckResult(
+        name, Status.FAIL,
+        f"a producer with the daemon's settings did not start: {probe.error} "
+        "(`streamd run` would retry it every second, spooling meanwhile)",
+        "check kafka.security_protocol / sasl_* / ssl_*, kafka.compression, kafka.acks, "
+        "and the broker's log",
     )
 
 
@@ -443,12 +575,15 @@ def judge_spool(settings: Settings, probe: SpoolProbe) -> CheckResult:
     where = str(probe.path)
     if probe.error is not None:
         return CheckResult(
-            "spool", Status.FAIL, f"{where} is not writable: {probe.error}",
-            "create spool.dir and give the streamd user write access (systemd: "
-            "StateDirectory=streamd), or point spool.dir elsewhere",
+            "spool", Status.FAIL, f"spool.dir {where} cannot be used: {probe.error}",
+            spool_dir_fix(),
         )
-    made = " (created)" if probe.created else ""
-    detail = f"{where}{made} is writable (write + fsync + delete)"
+    if probe.to_create:
+        made = ", ".join(str(p) for p in probe.to_create)
+        detail = (f"{where} does not exist yet: `streamd run` will create {made} "
+                  f"(check created nothing)")
+    else:
+        detail = f"{where} is writable (write + fsync + delete)"
     limit = settings.spool.max_bytes
     if probe.free_bytes is not None and probe.free_bytes < limit:
         return CheckResult(
@@ -458,6 +593,74 @@ def judge_spool(settings: Settings, probe: SpoolProbe) -> CheckResult:
             "free disk space or lower spool.max_bytes",
         )
     return CheckResult("spool", Status.OK, detail)
+
+
+@dataclass(frozen=True)
+class SpoolOwner:
+    """What the spool says about the connection slot: the connection a streamd recorded as
+    its own there, and whether a streamd process holds that spool now."""
+
+    own_id: str | None
+    held: bool
+
+
+def probe_owner(settings: Settings) -> SpoolOwner:
+    # Read only: the spool is neither created nor locked (a daemon may hold it).
+    return SpoolOwner(own_record(settings).id, held_by_a_daemon(settings.spool.dir))
+
+
+def judge_connections(
+    settings: Settings, probe: XProbe, token: CheckResult, owner: SpoolOwner
+) -> CheckResult:
+    """The slot: who holds a connection on filtered_stream now, and whether one of them is
+    a stale one of this streamd's (active, but no streamd holds its spool)."""
+    name = "connections"
+    if not settings.x.connections_api:
+        return skipped(name, "x.connections_api = false")
+    if token.status is Status.FAIL:
+        return skipped(name, "the token check failed")
+    if probe.connections_unavailable is not None:
+        return CheckResult(
+            name, Status.WARN,
+            f"X's Connections API is not available to this app (HTTP "
+            f"{probe.connections_unavailable}): after a crash, a stale connection slot is "
+            "waited out (TooManyConnections) instead of terminated")
+    if probe.connections is None:
+        return CheckResult(name, Status.WARN,
+                           f"the Connections API failed: {probe.connections_error or 'no answer'}")
+    active = probe.connections
+    if not active:
+        return CheckResult(name, Status.OK, "no active connection on filtered_stream: the "
+                                            "slot is free")
+
+    def who(c: XConnection) -> str:
+        return (f"{c.id or '?'} from {c.client_ip or '?'} since "
+                f"{describe(c)['connected_at'] or '?'}")
+
+    own = [c for c in active if c.id is not None and c.id == owner.own_id]
+    others = [c for c in active if c not in own]
+    parts: list[str] = []
+    status = Status.OK
+    fix: str | None = None
+    if own and owner.held:
+        parts.append(f"{who(own[0])} is this streamd's, held by the running daemon")
+    elif own:
+        status = Status.WARN
+        parts.append(f"stale: {who(own[0])} is this streamd's own (recorded in spool.dir) but "
+                     "no streamd runs with this spool.dir; `streamd run` terminates it at "
+                     "start-up")
+        fix = "streamd connections terminate --own"
+    if others:
+        status = Status.WARN
+        parts.append(
+            f"{len(others)} active connection(s) not recorded as this streamd's: "
+            + "; ".join(who(c) for c in others[:5])
+            + ("; ..." if len(others) > 5 else "")
+            + ". While they hold the tier's slots (1 below Enterprise), `streamd run` gets "
+              "TooManyConnections (x.evict decides what it does)")
+        fix = fix or ("stop that client, or `streamd connections terminate --uuid ID` "
+                      "(`streamd connections list` shows them)")
+    return CheckResult(name, status, "; ".join(parts), fix)
 
 
 # --- probes (I/O) ---------------------------------------------------------------------
@@ -484,13 +687,61 @@ async def probe_x(settings: Settings, token: str) -> XProbe:
             return XProbe(answer)
         document = answer.read.document or {}
         if not (document.get("meta") or {}).get("next_token"):
-            return XProbe(answer, rules=tuple(rules_of(document)))
-        # More than one page: let RulesApi follow the pages; never wait out a window.
-        api = RulesApi(client, policy=terminal_policy(max_attempts=1, max_wait=0.0))
-        try:
-            return XProbe(answer, rules=tuple(await api.list_rules()))
-        except StreamdError as exc:
-            return XProbe(answer, rules_error=f"listing every page failed: {exc}")
+            rules = tuple(rules_of(document))
+        else:
+            # More than one page: let RulesApi follow the pages; never wait out a window.
+            api = RulesApi(client, policy=terminal_policy(max_attempts=1, max_wait=0.0))
+            try:
+                rules = tuple(await api.list_rules())
+            except StreamdError as exc:
+                return XProbe(answer, rules_error=f"listing every page failed: {exc}")
+        result, error = await _dry_run(settings, client)
+        connections: tuple[XConnection, ...] | None = None
+        connections_error: str | None = None
+        unavailable: int | None = None
+        if settings.x.connections_api:
+            try:
+                connections = tuple(await ConnectionsApi(client).list(status="active"))
+            except ConnectionsUnavailable as exc:
+                unavailable = exc.status
+            except StreamdError as exc:
+                connections_error = str(exc)
+        return XProbe(answer, rules=rules, dry_run=result, dry_run_error=error,
+                      connections=connections, connections_error=connections_error,
+                      connections_unavailable=unavailable)
+
+
+class _Silent:
+    """The dry run's log: its outcome is the rules line, not a log event."""
+
+    def info(self, event: str, **kw: Any) -> None:
+        pass
+
+    warning = error = info
+
+
+async def _dry_run(
+    settings: Settings, client: httpx.AsyncClient
+) -> tuple[SyncResult | None, StreamdError | None]:
+    """The configured change, validated by X as `streamd run` validates it before applying
+    it: the same procedure as `streamd rules sync --dry-run` (a GET, then the adds POSTed
+    with dry_run=true; nothing changes). (None, None) when there is nothing to ask: mode
+    off, or rules that fail the local checks (judge_rules reports those)."""
+    if settings.rules.mode == "off":
+        return None, None
+    try:
+        desired = settings.resolved_rules()
+    except ConfigError:
+        return None, None
+    if _judge_local_rules(desired, settings) is not None:
+        return None, None
+    api = RulesApi(client, policy=terminal_policy(max_attempts=1, max_wait=0.0))
+    try:
+        result = await sync_rules(api, desired, settings.rules, _Silent(), Metrics(),
+                                  trigger="check", dry_run=True)
+    except StreamdError as exc:
+        return None, exc
+    return result, None
 
 
 @contextlib.contextmanager
@@ -547,15 +798,49 @@ def _exception_text(exc: BaseException) -> str:
     name, message = type(exc).__name__, str(exc)
     while message.startswith(f"{name}: "):
         message = message[len(name) + 2 :]
+    if name in message:  # `[Error -1] UnknownError`
+        return message
     return f"{name}: {message}" if message else name
 
 
+async def probe_producer(settings: Settings, deadline: float = KAFKA_DEADLINE) -> ProducerProbe:
+    """Start a producer as the daemon does and stop it, publishing nothing. When it does
+    not start with enable_idempotence, once more without: if that one starts, the broker
+    refused the producer id (InitProducerId), which is what `streamd run` would keep
+    failing on."""
+    kafka = settings.kafka
+    try:
+        password = kafka.resolve_sasl_password()
+    except (ConfigError, OSError) as exc:
+        return ProducerProbe(error=str(exc))
+    with _quiet("aiokafka"):
+        failure = await try_producer(kafka, password, deadline)
+        if failure is None:
+            return ProducerProbe()
+        refused = kafka.enable_idempotence and await try_producer(
+            kafka, password, deadline, enable_idempotence=False) is None
+    error = (f"no answer within {deadline:g} s" if isinstance(failure, TimeoutError)
+             else _exception_text(failure))
+    unauthorized = "Authorization" in type(failure).__name__
+    return ProducerProbe(error, idempotence_refused=refused, unauthorized=unauthorized)
+
+
 def probe_spool(path: Path) -> SpoolProbe:
-    """Create the directory if missing; write, fsync and delete a probe file."""
-    created = not path.exists()
+    """Judge the directory as `streamd run` would use it, creating nothing: a missing one
+    by its nearest existing parent (config.plan_directory); an existing one by writing,
+    fsyncing and deleting a probe file."""
+    plan = plan_directory(path)
+    if plan.problem is not None:
+        return SpoolProbe(plan.path, error=plan.problem)
+    if plan.missing:
+        try:
+            free: int | None = shutil.disk_usage(plan.base).free
+        except OSError:
+            free = None
+        return SpoolProbe(plan.path, free_bytes=free, to_create=plan.missing)
+    path = plan.path
     probe = path / f"{PROBE_NAME}-{os.getpid()}"
     try:
-        path.mkdir(parents=True, exist_ok=True)
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, b"streamd check\n")
@@ -565,8 +850,8 @@ def probe_spool(path: Path) -> SpoolProbe:
         probe.unlink()
         free = shutil.disk_usage(path).free
     except OSError as exc:
-        return SpoolProbe(path, error=exc.strerror or str(exc))
-    return SpoolProbe(path, free_bytes=free, created=created)
+        return SpoolProbe(path, error=f"not writable: {exc.strerror or exc}")
+    return SpoolProbe(path, free_bytes=free)
 
 
 # --- orchestration ----------------------------------------------------------------------
@@ -589,6 +874,7 @@ async def run_checks(
     env = env or CheckEnv()
     x_probe: XProbe | None = None
     kafka_probe = KafkaProbe()
+    producer_probe: ProducerProbe | None = None
 
     async def x_task() -> None:
         nonlocal x_probe
@@ -596,13 +882,16 @@ async def run_checks(
             x_probe = await probe_x(settings, token)
 
     async def kafka_task() -> None:
-        nonlocal kafka_probe
+        nonlocal kafka_probe, producer_probe
         kafka_probe = await probe_kafka(settings, env.kafka_deadline)
+        if kafka_probe.error is None:
+            producer_probe = await probe_producer(settings, env.kafka_deadline)
 
     async with anyio.create_task_group() as group:
         group.start_soon(x_task)
         group.start_soon(kafka_task)
     spool_probe = await anyio.to_thread.run_sync(probe_spool, settings.spool.dir)
+    spool_owner = await anyio.to_thread.run_sync(probe_owner, settings)
 
     results = [judge_config(settings)]
     if x_probe is None:
@@ -610,14 +899,18 @@ async def run_checks(
         results += [token_result,
                     skipped("stream_access", "the token check failed"),
                     skipped("rate_limits", "the token check failed"),
-                    judge_rules(settings, XProbe(), token_result)]
+                    judge_rules(settings, XProbe(), token_result),
+                    skipped("connections", "the token check failed")]
     else:
         token_result = judge_token(settings, x_probe)
         results += [token_result,
                     judge_stream_access(x_probe, token_result),
                     judge_rate_limits(x_probe, now=env.now(), local_tz=env.local_tz),
-                    judge_rules(settings, x_probe, token_result)]
-    results += [judge_kafka(settings, kafka_probe), judge_topics(settings, kafka_probe),
+                    judge_rules(settings, x_probe, token_result),
+                    judge_connections(settings, x_probe, token_result, spool_owner)]
+    results += [judge_kafka(settings, kafka_probe),
+                judge_producer(settings, kafka_probe, producer_probe),
+                judge_topics(settings, kafka_probe),
                 judge_spool(settings, spool_probe)]
     return results
 

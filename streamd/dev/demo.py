@@ -89,7 +89,15 @@ def _progress(values: dict[str, float], sent: int, elapsed: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="streamd demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="streamd demo", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  streamd demo\n"
+               "      30 s of the whole pipeline, with faults, ending in sent == read back\n"
+               "  streamd demo --duration 120 --rate 1000 --no-faults\n"
+               "      a longer, faster run without injected faults",
+    )
     parser.add_argument("--duration", type=float, default=30.0, help="seconds to run (default 30)")
     parser.add_argument("--rate", type=float, default=200.0, help="tweets/s the simulator sends")
     parser.add_argument("--no-faults", action="store_true", help="do not inject faults")

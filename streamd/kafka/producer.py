@@ -17,6 +17,9 @@ from streamd.config import KafkaSettings
 # Tearing down a producer that would not stop: stopping its sender and closing its sockets
 # takes no network round trip, so this is plenty.
 _ABANDON_S: Final = 0.5
+# try_producer: a producer that published nothing stops at once; one whose start failed,
+# within this.
+_TRY_STOP_S: Final = 2.0
 
 
 def producer_kwargs(kafka: KafkaSettings, sasl_password: str | None) -> dict[str, Any]:
@@ -43,6 +46,27 @@ def producer_kwargs(kafka: KafkaSettings, sasl_password: str | None) -> dict[str
             cafile=kafka.ssl_cafile, certfile=kafka.ssl_certfile, keyfile=kafka.ssl_keyfile
         )
     return kwargs
+
+
+async def try_producer(
+    kafka: KafkaSettings, sasl_password: str | None, within: float, **overrides: Any
+) -> BaseException | None:
+    """Start a producer with the daemon's settings (`overrides` replace some, for a
+    comparison), publish nothing, stop it. With enable_idempotence its start asks the
+    broker for a producer id (InitProducerId), as the daemon's does. None when it started;
+    else why not (TimeoutError past `within` seconds). For `streamd check`."""
+    try:
+        producer = AIOKafkaProducer(**{**producer_kwargs(kafka, sasl_password), **overrides})
+    except Exception as exc:  # settings aiokafka refuses (ValueError, ...)
+        return exc
+    try:
+        with anyio.fail_after(within):
+            await producer.start()
+    except Exception as exc:  # aiokafka raises its own and OSError kinds alike
+        return exc
+    finally:
+        await stop_producer(producer, _TRY_STOP_S)
+    return None
 
 
 async def stop_producer(producer: AIOKafkaProducer, within: float) -> None:

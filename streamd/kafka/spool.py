@@ -636,3 +636,40 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def peek_meta(directory: Path, name: str) -> str | None:
+    """One meta value of the spool in `directory`, read without taking the directory (a
+    running daemon may hold it): for commands that only look. None when there is no spool,
+    no such value, or the database cannot be read."""
+    path = Path(directory) / DB_NAME
+    if not path.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=2.0)
+    except sqlite3.Error:
+        return None
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return str(row[0]) if row is not None else None
+
+
+def held_by_a_daemon(directory: Path) -> bool:
+    """True while a streamd process holds the spool in `directory` (its flock)."""
+    try:
+        fd = os.open(Path(directory) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases a shared lock we took
+    return False

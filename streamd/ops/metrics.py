@@ -19,6 +19,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
     make_asgi_app,
@@ -34,10 +35,12 @@ from streamd.records import DLQ_REASONS, PUBLISH_FAILURE_REASONS
 # process-wide prometheus_client switch; streamd owns the process.)
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-# streamd_stream_lines_total{kind}: lines read from the stream that are neither a tweet nor a
-# heartbeat nor a dead letter (those have their own counters: tweets_received, keepalives,
-# tweets_dlq). Only error-only messages (errors[] without data) are counted here.
-STREAM_LINE_KINDS: tuple[str, ...] = ("error",)
+# streamd_stream_lines_total{kind}: every line read from the stream, by what it was: a tweet
+# (duplicates included), a heartbeat (blank line), an invalid line (one for the dead-letter
+# topic: not JSON, no data.id, too long, cut off by the connection's end), an error-only
+# message (errors[] without data). tweet, keepalive and invalid equal tweets_received,
+# keepalives and the stream's share of tweets_dlq; the sum is every line read.
+STREAM_LINE_KINDS: tuple[str, ...] = ("tweet", "keepalive", "invalid", "error")
 # streamd_stream_disconnects_total{reason} and streamd_reconnect_delay_seconds{reason}: every
 # reason but `shutdown`, which only names the end of the reader's own last connection and is
 # never counted (the reader stops before it would count it).
@@ -45,8 +48,12 @@ DISCONNECT_REASONS: tuple[Reason, ...] = tuple(r for r in Reason if r is not Rea
 # How a gap (a time when no connection was reading) was covered: by the other redundant
 # connection, by backfill on the reconnect, by a recovery job, or not at all.
 GAP_COVERED_BY: tuple[str, ...] = ("redundant", "backfill", "recovery", "none")
+# Why streamd terminated a connection through the Connections API (interface: own_stale,
+# evict, handover, cli).
+TERMINATED_WHY: tuple[str, ...] = ("own_stale", "evict", "handover", "cli")
 # X endpoints whose x-rate-limit-remaining header is exported.
-RATE_LIMIT_ENDPOINTS: tuple[str, ...] = ("stream", "rules_get", "rules_post")
+RATE_LIMIT_ENDPOINTS: tuple[str, ...] = (
+    "stream", "rules_get", "rules_post", "connections_get", "connections_delete")
 
 # streamd_tweets_published_by_rule_total: the tag that stands for every tag not in the
 # label set (not configured, or past the first-come cap when no tags are configured).
@@ -179,6 +186,12 @@ class Metrics:
         self.build_info = gauge(
             "streamd_build_info", "streamd version (value is always 1)", ["version"])
         self.build_info.labels(version=__version__).set(1)
+        # The process's own RSS, CPU seconds, open fds (Linux /proc): what an operator
+        # watches next to the pipeline's numbers.
+        ProcessCollector(registry=self.registry)
+        self.leader = gauge(
+            "streamd_leader",
+            "1 while this instance reads X (always, when ha.mode is off); 0 as a standby")
 
         # --- stream ---
         self.tweets_received = counter(
@@ -187,7 +200,13 @@ class Metrics:
             "streamd_keepalives_total", "Heartbeat (blank) lines read from the stream")
         self.stream_lines = counter(
             "streamd_stream_lines_total",
-            "Lines read from the stream by kind (error: an error-only message)", ["kind"])
+            "Lines read from the stream by kind (tweet, keepalive, invalid: for the DLQ, "
+            "error: an error-only message)", ["kind"])
+        # Resolved once: the reader counts on its hot path (per network read, not per line).
+        self.lines_tweet = self.stream_lines.labels(kind="tweet")
+        self.lines_keepalive = self.stream_lines.labels(kind="keepalive")
+        self.lines_invalid = self.stream_lines.labels(kind="invalid")
+        self.lines_error = self.stream_lines.labels(kind="error")
         self.stream_connected = gauge(
             "streamd_stream_connected", "1 while the stream connection is up")
         self.stream_disconnects = counter(
@@ -208,6 +227,10 @@ class Metrics:
             "streamd_gap_seconds_total",
             "Seconds in which no connection was reading the stream, by how they were covered",
             ["covered_by"])
+        self.connections_terminated = counter(
+            "streamd_connections_terminated_total",
+            "Stream connections terminated through X's Connections API, by why "
+            "(own_stale: one streamd left; evict: another holder's, per x.evict)", ["why"])
 
         # --- publishing ---
         self.tweets_published = counter(
@@ -255,6 +278,8 @@ class Metrics:
             self.stream_lines.labels(kind=kind)
         for covered_by in GAP_COVERED_BY:
             self.gap_seconds.labels(covered_by=covered_by)
+        for why in TERMINATED_WHY:
+            self.connections_terminated.labels(why=why)
         # x_rate_limit_remaining is left unset until a header is seen: a pre-set 0 would
         # read as "exhausted".
 

@@ -29,8 +29,11 @@ from 0):
   rate_limit_max applies to the exponential part only: X's reset time is authoritative, so
   a later reset is honoured even beyond the cap. A reset more than `MAX_RESET_WAIT` ahead is
   treated as bogus (clock skew, wrong units) and clipped to that.
-* too_many_connections: rate_limit_initial * 2^n up to rate_limit_max (the reset header is
-  about the request window, not the slot, so it is ignored).
+* too_many_connections, evicted (one family): rate_limit_initial * 2^n up to
+  rate_limit_max (the reset header is about the request window, not the slot, so it is
+  ignored). When streamd freed the slot itself through the Connections API,
+  `after_eviction` says EVICTION_DELAY instead, counting nothing. An `evicted` end waits at
+  least EVICTED_MIN_DELAY, so the client that took the slot gets it.
 * usage_cap: usage_cap_initial * 2^n up to usage_cap_max.
 
 Jitter: a nonzero delay d becomes d * (1 + U[0,1) * jitter): never earlier than the
@@ -65,6 +68,8 @@ from streamd.reasons import ExitCode, Reason
 from streamd.x.classify import Classification
 
 __all__ = [
+    "EVICTED_MIN_DELAY",
+    "EVICTION_DELAY",
     "MAX_RESET_WAIT",
     "NO_RULES_LEFT",
     "RULES_ENDPOINTS",
@@ -78,6 +83,13 @@ __all__ = [
     "WaitForRoom",
 ]
 
+# After streamd freed the slot through the Connections API: X may need a moment to count
+# the terminated connection out; then the slot is ours to take.
+EVICTION_DELAY = 2.0
+# After our connection was evicted, the first reconnect waits at least this long: the
+# client that took the slot reconnects EVICTION_DELAY after its termination, and a quick
+# evicted side would take the slot from under it (no eviction, just a race it must lose).
+EVICTED_MIN_DELAY = 2.5 * EVICTION_DELAY
 # An X rate-limit window is 15 minutes; a reset further ahead than this is not credible.
 MAX_RESET_WAIT = 3600.0
 # 2^60 times any positive setting is beyond every cap; stops float overflow on long outages.
@@ -176,6 +188,8 @@ class Profile:
 
 
 _NETWORK = Family("network", _network)
+# Another holder of the slot: the same wait whether it refused us or terminated us.
+_TOO_MANY_CONNECTIONS = Family("too_many_connections", _rate_limit)
 STREAM = Profile(
     families={
         Reason.OPERATIONAL_DISCONNECT: Family("operational", _at_once_then_http),
@@ -185,7 +199,8 @@ STREAM = Profile(
         Reason.RULES_CAP: Family("rules_cap", _http),
         Reason.NO_RULES: Family("no_rules", _http),
         Reason.RATE_LIMITED: Family("rate_limit", _rate_limit, honours_reset=True),
-        Reason.TOO_MANY_CONNECTIONS: Family("too_many_connections", _rate_limit),
+        Reason.TOO_MANY_CONNECTIONS: _TOO_MANY_CONNECTIONS,
+        Reason.EVICTED: _TOO_MANY_CONNECTIONS,
         Reason.USAGE_CAP: Family("usage_cap", _usage_cap),
     },
     jitter=True,
@@ -291,6 +306,14 @@ class ReconnectPolicy:
             return Exit(ExitCode.CONFIG, c.reason, NO_RULES_LEFT)
         return self._delay(c)
 
+    def after_eviction(self, c: Classification) -> Delay:
+        """After TooManyConnections, streamd freed the slot itself through the Connections
+        API (its own stale connection, or per x.evict): reconnect after EVICTION_DELAY, not
+        on the too_many_connections ladder. Nothing is counted: if the slot is taken
+        again, the next refusal waits on the ladder as usual."""
+        self._connected_at = None
+        return Delay(self._jittered(EVICTION_DELAY), c.reason, self._started + 1)
+
     def until_reset(self, reset_at: float, detail: str) -> Delay | Exit:
         """A wait for a rate-limit window to reset before the next request (pacing, not a
         failure: nothing is counted). `detail` says which window, should it be too long."""
@@ -311,6 +334,8 @@ class ReconnectPolicy:
         n = self._failures.get(family.name, 0)
         self._failures[family.name] = n + 1
         seconds = family.schedule(self._settings, n)
+        if c.reason is Reason.EVICTED:
+            seconds = max(seconds, EVICTED_MIN_DELAY)
         if family.honours_reset:
             seconds = max(seconds, self._until_reset(c.reset_at) + self._profile.reset_margin)
         return self._bounded(Delay(self._jittered(seconds), c.reason, self._started + 1),

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -36,6 +36,7 @@ from streamd.x.classify import (
 )
 from streamd.x.framing import LineFramer, Oversize
 from streamd.x.lines import ErrorMessage, interpret_line
+from streamd.x.ownership import SlotKeeper
 from streamd.x.reconnect import (
     Decision,
     Delay,
@@ -45,6 +46,8 @@ from streamd.x.reconnect import (
     WaitForRoom,
 )
 from streamd.x.wire import RateLimit, parse_answer, rate_limit, stream_query
+
+T = TypeVar("T")
 
 STREAM_PATH = "/2/tweets/search/stream"
 USER_AGENT = f"streamd/{__version__} (+filtered-stream to Kafka; httpx/{httpx.__version__})"
@@ -158,11 +161,13 @@ class StreamReader:
         changes: Changes | None = None,
         clock: Callable[[], float] = time.time,
         last_read_at: float | None = None,
+        keeper: SlotKeeper | None = None,
     ) -> None:
         """`policy` decides every reconnect; `on_no_rules` re-syncs the rules after a 409
         (True: the server holds rules now); `room` is the spool's room (closed: the reader
         stays off X); `changes` hears of every change of `connected`, `usage_capped`,
-        `in_backoff` and `last_reason`."""
+        `in_backoff` and `last_reason`; `keeper` owns the app's connection slot through
+        X's Connections API (ownership.py)."""
         self._settings = settings
         # A fresh client, hence a fresh connection, for every connect: after a stall, a
         # connect timeout or our own close mid-body the old socket may be half dead, and
@@ -177,6 +182,8 @@ class StreamReader:
         self._room = room
         self._changes = changes
         self._clock = clock
+        self._keeper = keeper
+        self._established = False  # the current session's connect was answered 200
         self._ce_source = settings.kafka.ce_source.encode()
         self._stopping = False
         self._stop_by = math.inf  # monotonic: a read still inflating past this is dropped
@@ -203,6 +210,9 @@ class StreamReader:
         decision to exit (raised as FatalDisconnect). Closes `send` on the way out so the
         publisher drains and ends."""
         async with send:
+            if self._keeper is not None:
+                # A connection the previous run left active would refuse this one.
+                await self._interruptible(self._keeper.before_first_connect())
             while not self._stopping:
                 await self._wait_for_room()  # e.g. a full spool left by a previous run
                 if self._stopping:
@@ -211,8 +221,31 @@ class StreamReader:
                 self._update(replace(self._state, connected=False))
                 if self._stopping:
                     return
+                freed = False
+                if self._keeper is not None:
+                    # Who holds the slot, was ours evicted, is ours still counted by X.
+                    seen = await self._interruptible(
+                        self._keeper.after_end(outcome, established=self._established))
+                    if self._stopping or seen is None:
+                        return
+                    outcome, freed = seen
                 self._note_disconnect(outcome)
-                await self._obey(outcome, self._policy.decide(outcome))
+                decision = (self._policy.after_eviction(outcome) if freed
+                            else self._policy.decide(outcome))
+                await self._obey(outcome, decision)
+
+    async def _interruptible(self, work: Awaitable[T]) -> T | None:
+        """Await `work` unless stop() comes first (then None)."""
+        result: T | None = None
+        with anyio.CancelScope() as scope:
+            self._read_scope = scope
+            if self._stopping:
+                scope.cancel()
+            try:
+                result = await work
+            finally:
+                self._read_scope = None
+        return result
 
     async def _obey(self, outcome: Classification, decision: Decision) -> None:
         """Carry out the policy's decision on `outcome`; returns when it is time to connect."""
@@ -326,6 +359,7 @@ class StreamReader:
     ) -> Classification:
         """One connect and, if it succeeds, one connection's life. Returns why it ended."""
         self._healthy_since_connect = False
+        self._established = False
         framer = LineFramer(self._settings.stream.max_line_bytes)
         outcome = Classification(Reason.SHUTDOWN, detail="stopping")
         client = self._client_factory()
@@ -373,7 +407,17 @@ class StreamReader:
                 # protocol problem like any other (httpx.DecodingError, reason network).
                 inflater = Inflater(resp.headers.get("content-encoding"))
                 self._on_connected(attempt, backfill)
-                return await self._read_body(resp, inflater, framer, send)
+                self._established = True
+                if self._keeper is None:
+                    return await self._read_body(resp, inflater, framer, send)
+                async with anyio.create_task_group() as tg:
+                    # Which of the app's connections this is: learnt beside the reading.
+                    tg.start_soon(self._keeper.learn, self._clock())
+                    try:
+                        ended = await self._read_body(resp, inflater, framer, send)
+                    finally:
+                        tg.cancel_scope.cancel()
+                return ended
             finally:
                 await resp.aclose()
         except (httpx.HTTPError, OSError) as exc:
@@ -458,6 +502,7 @@ class StreamReader:
                     # A run of heartbeats (a gzip bomb of newlines: 64 MiB a read) is
                     # counted, not framed.
                     self._metrics.keepalives.inc(beats)
+                    self._metrics.lines_keepalive.inc(beats)
                     continue
                 frames = framer.feed(piece)
                 if len(frames) > FRAMES_PER_TURN:
@@ -466,6 +511,7 @@ class StreamReader:
                         # A flood of blank lines (a gzip bomb of newlines: 64 Ki a slice):
                         # counted and dropped at C speed, not looped over.
                         self._metrics.keepalives.inc(beats)
+                        self._metrics.lines_keepalive.inc(beats)
                         frames = list(filter(None, frames))
                 count = len(frames)
                 for start in range(0, count, FRAMES_PER_TURN):
@@ -500,6 +546,7 @@ class StreamReader:
         heartbeats = frames.count(b"")
         if heartbeats:
             metrics.keepalives.inc(heartbeats)
+            metrics.lines_keepalive.inc(heartbeats)
             if heartbeats == len(frames):
                 return records, message
         # One read time for the whole group: its lines arrived together.
@@ -527,9 +574,12 @@ class StreamReader:
                     tweets.append(out)
             else:
                 message = self._on_error_message(out) or message  # type: ignore[arg-type]
+        if records:  # so far only this read's dead letters
+            metrics.lines_invalid.inc(len(records))
         if tweets:
             self.received += len(tweets)
             metrics.tweets_received.inc(len(tweets))
+            metrics.lines_tweet.inc(len(tweets))
             if not self._healthy_since_connect:
                 self._healthy_since_connect = True
                 self._policy.on_data()
@@ -556,7 +606,7 @@ class StreamReader:
             detail=first.detail if first else None,
             disconnect_type=c.disconnect_type if c else None,
         )
-        self._metrics.stream_lines.labels(kind="error").inc()
+        self._metrics.lines_error.inc()
         return c
 
     async def _flush_tail(
@@ -571,6 +621,7 @@ class StreamReader:
             read_ms=time.time_ns() // 1_000_000, read_at=time.monotonic(),
         )
         self._metrics.tweets_dlq.labels(reason=DLQ_DECODE).inc()
+        self._metrics.lines_invalid.inc()
         with anyio.CancelScope(shield=True):
             await send.send([record])
 

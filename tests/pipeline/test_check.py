@@ -106,13 +106,15 @@ def test_good_setup_passes_every_check(
     assert code == 0, output
     assert list(lines) == list(CHECK_NAMES)
     assert set(statuses(lines).values()) == {"[ OK ]"}, output
-    assert "verdict: PASS (8 OK)" in output
+    assert "verdict: PASS (10 OK)" in output
     assert "449 of 450 requests left" in lines["rate_limits"][1]
     assert " UTC " in lines["rate_limits"][1]
     assert " local), in " in lines["rate_limits"][1]
     assert "in sync" in lines["rules"][1]
-    assert (tmp_path / "spool").is_dir()
-    assert list((tmp_path / "spool").iterdir()) == []  # the probe file is gone
+    assert "started and stopped, publishing nothing" in lines["producer"][1]
+    # check creates nothing: it says what `streamd run` will create.
+    assert not (tmp_path / "spool").exists()
+    assert f"`streamd run` will create {tmp_path / 'spool'}" in lines["spool"][1]
     assert GOOD_TOKEN not in output
 
 
@@ -150,7 +152,7 @@ def test_bad_token_fails_the_token_check_and_skips_its_dependants(
     assert "fix: check x.bearer_token_file" in detail
     got = statuses(lines)
     assert got["stream_access"] == got["rate_limits"] == got["rules"] == "[SKIP]"
-    assert got["kafka"] == got["topics"] == got["spool"] == "[ OK ]"
+    assert got["kafka"] == got["producer"] == got["topics"] == got["spool"] == "[ OK ]"
     assert "verdict: FAIL" in output
     assert "failed: token" in output
     assert BAD_TOKEN not in output
@@ -218,6 +220,7 @@ def test_unreachable_broker_fails_kafka_and_skips_topics(
     assert f"cannot reach {nowhere}" in detail
     assert "fix: check kafka.bootstrap_servers" in detail
     assert lines["topics"][0] == "[SKIP]"
+    assert lines["producer"][0] == "[SKIP]"
     assert statuses(lines)["token"] == "[ OK ]"
     assert "failed: kafka" in output
 
@@ -251,8 +254,86 @@ def test_unwritable_spool_dir_fails(
     assert code == 1
     label, detail = lines["spool"]
     assert label == "[FAIL]"
-    assert "is not writable" in detail
-    assert "fix: create spool.dir" in detail
+    assert f"{blocker} is a file, not a directory, so {blocker / 'spool'} cannot be " \
+           "created" in detail
+    assert "fix: set spool.dir (or STREAMD_SPOOL__DIR) to a directory this user may " \
+           "write, e.g. spool.dir = " in detail
+
+
+def test_an_existing_spool_dir_is_written_to_and_left_clean(
+    sim: Simulator, broker: LocalBroker, topics: tuple[str, str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "spool").mkdir()
+    code, lines, output = run_check(capsys, tmp_path, config(sim, broker, topics, tmp_path))
+    assert code == 0, output
+    assert lines["spool"] == ("[ OK ]", f"{tmp_path / 'spool'} is writable (write + fsync + "
+                                        "delete)")
+    assert list((tmp_path / "spool").iterdir()) == []  # the probe file is gone
+
+
+def test_check_creates_no_directory_and_says_what_run_would_create(
+    sim: Simulator, broker: LocalBroker, topics: tuple[str, str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 19, item 6: `check` has no side effect on the file system; it reports each
+    directory `streamd run` will create."""
+    spool = tmp_path / "state" / "streamd" / "spool"
+    cfg = config(sim, broker, topics, tmp_path, spool={"dir": str(spool)})
+    code, lines, output = run_check(capsys, tmp_path, cfg)
+    assert code == 0, output
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "streamd.toml"]  # run_check wrote it
+    label, detail = lines["spool"]
+    assert label == "[ OK ]"
+    made = ", ".join(str(p) for p in (tmp_path / "state", spool.parent, spool))
+    assert detail == (f"{spool} does not exist yet: `streamd run` will create {made} "
+                      "(check created nothing)")
+
+
+def test_a_broker_without_idempotent_producer_fails_with_the_fix(
+    sim: Simulator, broker: LocalBroker, topics: tuple[str, str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 19, item 1: Tansu refuses InitProducerId, and `streamd run` would then fail to
+    start its producer every second: check starts one with the daemon's settings and says
+    what to change."""
+    cfg = config(sim, broker, topics, tmp_path, kafka={"enable_idempotence": True})
+    code, lines, output = run_check(capsys, tmp_path, cfg)
+    assert code == 1
+    label, detail = lines["producer"]
+    assert label == "[FAIL]"
+    assert detail.startswith("this broker does not support the idempotent producer "
+                             "(InitProducerId: ")
+    assert detail.endswith("; a producer without idempotence starts — fix: set "
+                           "kafka.enable_idempotence = false")
+    assert statuses(lines)["kafka"] == statuses(lines)["topics"] == "[ OK ]"
+    assert "verdict: FAIL (9 OK, 1 FAIL) — failed: producer" in output
+    assert "Unexpected error during InitProducerIdRequest" not in output  # aiokafka's log
+
+
+def test_a_rule_x_rejects_fails_the_check_and_changes_nothing(
+    sim: Simulator, broker: LocalBroker, topics: tuple[str, str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 19, item 1: X's dry run (`dry_run=true`) validates the configured rules, as
+    `streamd run` does before it applies them (and exits 78 on an invalid one)."""
+    bad = {"value": "cat nosuch:thing", "tag": "bad"}
+    good = {"value": "dog", "tag": "dogs"}  # valid: a real sync would add it
+    cfg = config(sim, broker, topics, tmp_path, rules={"rule": [RULE, good, bad]})
+    before = [(r.value, r.tag) for r in sim.rules()]
+    requests = len(sim.rules_requests())
+    code, lines, output = run_check(capsys, tmp_path, cfg)
+    assert code == 1
+    label, detail = lines["rules"]
+    assert label == "[FAIL]"
+    assert "X rejects rule 'cat nosuch:thing' (tag 'bad'): Reference to invalid operator " \
+           "'nosuch'" in detail
+    assert "(dry run, nothing changed; `streamd run` would exit 78)" in detail
+    assert "fix: correct the rule's value in the config" in detail
+    assert [(r.value, r.tag) for r in sim.rules()] == before  # "dog" was not added
+    posts = [r for r in sim.rules_requests()[requests:] if r.method == "POST"]
+    assert len(posts) == 1, posts  # the dry run: X's verdict, not a guess
+    assert "failed: rules" in output
 
 
 def test_rules_out_of_sync_is_a_warning_and_still_passes(

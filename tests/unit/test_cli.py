@@ -395,3 +395,118 @@ def test_error_text_is_shown_not_obeyed_by_the_terminal(
     assert "\x1b" not in err
     assert "\x07" not in err
     assert "Traceback" in err
+
+
+# --- issue 19: --help teaches, usage errors name their command, spool.dir's first run --------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["run"], ["rules"], ["check"], ["simulate"], ["demo"], ["connections"],
+     ["connections", "list"], ["connections", "terminate"]],
+    ids=["streamd", "run", "rules", "check", "simulate", "demo", "connections",
+         "connections-list", "connections-terminate"])
+def test_every_commands_help_ends_with_one_to_three_examples(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--help"]) == 0
+    out = capsys.readouterr().out
+    _, _, examples = out.partition("\nexamples:\n")
+    assert examples, out
+    commands = [line.strip() for line in examples.splitlines() if line.startswith("  streamd")
+                or line.startswith("  STREAMD_")]
+    assert 1 <= len(commands) <= 3, examples
+    for command in commands:
+        assert "streamd" in command
+    # Each example is explained on the line after it.
+    assert len([line for line in examples.splitlines() if line.startswith("      ")]) == len(
+        commands)
+
+
+def test_simulate_help_gives_each_options_default_and_meaning(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", "--help"]) == 0
+    out = capsys.readouterr().out
+    options = " ".join(out.split())  # argparse wraps help text: compare it unwrapped
+    for option, meaning, default in [
+        ("--host HOST", "address to listen on", "(default: 127.0.0.1;"),
+        ("--port PORT", "port to listen on", "(default: 8080;"),
+        ("--tier {basic,enterprise,free,pro}", "access level", "(default: pro;"),
+        ("--rate TWEETS_PER_SECOND", "tweets generated per second", "(default: 50;"),
+        ("--heartbeat SECONDS", "keep-alive newlines", "(default: 20, as X)"),
+        ("--seed SEED", "the same seed, the same tweets", "(default: 0)"),
+    ]:
+        at = options.index(f" {option} ")
+        text = options[at:at + 200]
+        assert meaning in text, text
+        assert default in text, text
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "unknown"),
+    [(["run", "--foo"], "run", "--foo"),
+     (["check", "--bar", "-c", "x.toml"], "check", "--bar"),
+     (["rules", "list", "--baz"], "rules", "--baz")],
+)
+def test_an_unknown_option_shows_that_commands_usage(
+    argv: list[str], command: str, unknown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 64
+    usage, error = capsys.readouterr().err.splitlines()
+    assert usage.startswith(f"usage: streamd {command} [-h]"), usage
+    assert error == f"streamd {command}: error: unrecognized arguments: {unknown}"
+
+
+@pytest.mark.parametrize("action", ["list", "diff"])
+def test_dry_run_is_refused_where_it_means_nothing(
+    action: str, config: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calls: list[str] = []
+    fake_module(monkeypatch, "streamd.commands.rules",
+                rules_command=lambda s, action, dry_run, as_json: calls.append(action) or 0)
+    assert main(["rules", action, "--dry-run", "-c", str(config)]) == 64
+    err = capsys.readouterr().err
+    assert err.startswith("usage: streamd rules ")
+    assert f"--dry-run applies to `rules sync` only: `rules {action}` changes nothing" in err
+    assert calls == []
+    assert main(["rules", "sync", "--dry-run", "-c", str(config)]) == 0
+    assert calls == ["sync"]
+
+
+@pytest.mark.parametrize("state_directory", [None, "/var/lib/streamd"])
+def test_run_with_a_spool_dir_it_cannot_create_says_why_and_where_instead(
+    state_directory: str | None, config: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A spool.dir `streamd run` cannot create, as the default /var/lib/streamd/spool is for
+    a user run: the error says why and suggests a directory. Tests may run as root, whom no
+    permission bit stops (and access(2) agrees), so the parent here is a regular file: not
+    creatable by anyone. A real permission refusal takes the same path (Spool's mkdir fails,
+    config.plan_directory says why: tests/unit/test_config.py)."""
+    blocker = tmp_path / "var-lib"
+    blocker.write_text("a file, not a directory")
+    with config.open("a") as f:
+        f.write(f'[spool]\ndir = "{blocker / "streamd" / "spool"}"\n[http]\n'
+                'listen = "127.0.0.1:0"\n')
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    if state_directory is None:
+        monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    else:
+        monkeypatch.setenv("STATE_DIRECTORY", state_directory)
+    assert main(["run", "-c", str(config)]) == 78
+    (line,) = capsys.readouterr().err.splitlines()[-1:]
+    assert line.startswith("streamd: config error: config key 'spool.dir': ")
+    assert f"{blocker} is a file, not a directory, so {blocker / 'streamd'} cannot be " \
+           "created" in line
+    assert "fix: set spool.dir (or STREAMD_SPOOL__DIR) to a directory this user may write" \
+        in line
+    if state_directory is None:
+        assert f'e.g. spool.dir = "{tmp_path}/home/.local/state/streamd/spool"' in line
+        assert "StateDirectory=streamd" in line
+    else:
+        assert 'e.g. spool.dir = "/var/lib/streamd/spool"' in line
+        assert "StateDirectory" not in line
+    assert not (tmp_path / "home").exists()

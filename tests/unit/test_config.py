@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 
-from streamd.config import RuleSpec, Settings, load_settings, validate_settings
+from streamd.config import (
+    RuleSpec,
+    Settings,
+    load_settings,
+    plan_directory,
+    spool_dir_fix,
+    suggested_spool_dir,
+    validate_settings,
+)
 from streamd.errors import ConfigError
 from streamd.reasons import ExitCode
 
@@ -124,13 +133,49 @@ def test_bad_enum_value_names_key_choices_and_value(tmp_path: Path) -> None:
 def test_unknown_key(tmp_path: Path) -> None:
     err = error_of(tmp_path, "[kafka]\ntopik = 'x'\n")
     assert err.key == "kafka.topik"
-    assert err.problem == "unknown key"
+    assert err.problem == "unknown key; did you mean `kafka.topic`?"
 
 
 def test_unknown_section(tmp_path: Path) -> None:
     err = error_of(tmp_path, "[kafak]\ntopic = 'x'\n")
     assert err.key == "kafak"
-    assert err.problem == "unknown key"
+    assert err.problem == "unknown key; did you mean `kafka`?"
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "suggestion"),
+    [
+        ("[kafka]\nbootsrap_servers = 'k:9092'\n", "kafka.bootsrap_servers",
+         "kafka.bootstrap_servers"),  # a typo: the closest key of the same table
+        ("[kafka]\nbootstrap_server = 'k:9092'\n", "kafka.bootstrap_server",
+         "kafka.bootstrap_servers"),
+        ("[x]\ntopic = 't'\n", "x.topic", "kafka.topic"),  # a key in the wrong table
+        ("bootstrap_servers = 'k:9092'\n", "bootstrap_servers", "kafka.bootstrap_servers"),
+        ("[spool]\ndirectory = '/tmp/s'\n", "spool.directory", "spool.dir"),
+        ("[[rules.rule]]\nvalue = 'cat'\ntga = 'cats'\n", "rules.rule[0].tga",
+         "rules.rule[0].tag"),
+        ("[stream]\nstall_timout = 30\n", "stream.stall_timout", "stream.stall_timeout"),
+    ],
+)
+def test_an_unknown_key_suggests_the_closest_known_key(
+    tmp_path: Path, toml: str, key: str, suggestion: str
+) -> None:
+    err = error_of(tmp_path, toml + (RULE if "rules.rule" not in toml else ""))
+    assert err.key == key
+    assert err.problem == f"unknown key; did you mean `{suggestion}`?"
+    assert err.exit_code == ExitCode.CONFIG
+
+
+def test_an_unknown_key_far_from_any_is_named_without_a_guess(tmp_path: Path) -> None:
+    err = error_of(tmp_path, "[kafka]\nzzzqqq = 1\n")
+    assert (err.key, err.problem) == ("kafka.zzzqqq", "unknown key")
+
+
+def test_an_unknown_environment_override_suggests_the_variable(tmp_path: Path) -> None:
+    err = error_of(tmp_path, RULE, {"STREAMD_KAFKA__BOOTSRAP_SERVERS": "k:9092"})
+    assert err.key == "kafka.bootsrap_servers"
+    assert err.problem.endswith(
+        "unknown key; did you mean STREAMD_KAFKA__BOOTSTRAP_SERVERS (`kafka.bootstrap_servers`)?")
 
 
 def test_several_errors_are_counted(tmp_path: Path) -> None:
@@ -865,3 +910,52 @@ def test_settings_are_frozen() -> None:
     settings = Settings.model_validate({})
     with pytest.raises(ValueError, match="frozen"):
         settings.kafka.topic = "other"  # type: ignore[misc]
+
+
+# --- the spool directory, judged without creating it (issue 19) ------------------------------
+
+
+def test_plan_directory_says_what_run_would_create_and_creates_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "spool"
+    plan = plan_directory(target)
+    assert plan.problem is None
+    assert plan.missing == (tmp_path / "a", tmp_path / "a" / "b", target)
+    assert plan.base == tmp_path
+    assert list(tmp_path.iterdir()) == []
+    existing = plan_directory(tmp_path)
+    assert (existing.missing, existing.problem) == ((), None)
+
+
+def test_plan_directory_names_what_stands_in_the_way(tmp_path: Path) -> None:
+    """A regular file where a directory must go stops anyone, root included (tests may run
+    as root, whom permission bits do not stop and access(2) does not refuse)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    plan = plan_directory(blocker / "spool")
+    assert plan.problem == (f"{blocker} is a file, not a directory, so {blocker / 'spool'} "
+                            "cannot be created")
+    assert plan_directory(blocker).problem == f"{blocker} is a file, not a directory"
+    if os.geteuid() != 0:  # a permission refusal, where permission bits apply
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        try:
+            problem = plan_directory(locked / "spool").problem
+            assert problem == (f"no write permission on {locked} for this user (uid "
+                               f"{os.geteuid()}), so {locked / 'spool'} cannot be created")
+        finally:
+            locked.chmod(0o700)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [({"STATE_DIRECTORY": "/var/lib/streamd:/var/lib/other"}, "/var/lib/streamd/spool"),
+     ({"XDG_STATE_HOME": "/home/u/.state"}, "/home/u/.state/streamd/spool"),
+     ({}, str(Path.home() / ".local" / "state" / "streamd" / "spool"))],
+)
+def test_suggested_spool_dir_fits_where_streamd_runs(
+    environ: dict[str, str], expected: str
+) -> None:
+    assert str(suggested_spool_dir(environ)) == expected
+    fix = spool_dir_fix(environ)
+    assert f'spool.dir = "{expected}"' in fix
+    assert ("StateDirectory=streamd" in fix) is ("STATE_DIRECTORY" not in environ)

@@ -78,14 +78,14 @@ def test_labelled_series_are_preinitialised_for_every_reason() -> None:
 
 def test_no_series_for_a_label_that_is_never_counted() -> None:
     """Zero series only where the count can move: the reader never counts its own
-    `shutdown`, and stream_lines counts error-only messages (tweets, heartbeats and dead
-    letters have their own counters)."""
+    `shutdown`; stream_lines counts every kind it declares (tests/pipeline/
+    test_metrics_truth.py)."""
     s = samples(Metrics())
     reasons = {dict(labels).get("reason") for name, labels in s
                if name == "streamd_stream_disconnects_total"}
     assert "shutdown" not in reasons
     kinds = {dict(labels)["kind"] for name, labels in s if name == "streamd_stream_lines_total"}
-    assert kinds == {"error"}
+    assert kinds == {"tweet", "keepalive", "invalid", "error"}
 
 
 def test_registries_are_independent() -> None:

@@ -12,6 +12,8 @@ from streamd.config import BackoffSettings
 from streamd.reasons import ExitCode, Reason
 from streamd.x.classify import Classification
 from streamd.x.reconnect import (
+    EVICTED_MIN_DELAY,
+    EVICTION_DELAY,
     MAX_RESET_WAIT,
     NO_RULES_LEFT,
     Decision,
@@ -86,6 +88,7 @@ TABLE = [
     Row(Reason.SERVER_ERROR, Delay, (5, 10, 20, 40, 80, 160, 320), 320),
     Row(Reason.RATE_LIMITED, Delay, (60, 120, 240, 480, 960), 960),
     Row(Reason.TOO_MANY_CONNECTIONS, Delay, (60, 120, 240, 480, 960), 960),
+    Row(Reason.EVICTED, Delay, (60, 120, 240, 480, 960), 960),
     Row(Reason.USAGE_CAP, Delay, (900, 1800, 3600, 7200, 14400, 21600), 21600),
     Row(Reason.RULES_CAP, Delay, (5, 10, 20, 40, 80, 160, 320), 320),
     Row(Reason.NO_RULES, Resync, (5, 10, 20, 40, 80, 160, 320), 320),
@@ -384,3 +387,30 @@ def test_a_good_answer_resets_the_rules_counter() -> None:
     failures(policy, Reason.NETWORK, 2)
     policy.on_data()
     assert [type(d) for d in failures(policy, Reason.NETWORK, 3)] == [Delay, Delay, Exit]
+
+
+def test_evicted_shares_the_too_many_connections_counter() -> None:
+    policy, _ = make()
+    first = delay_decisions(policy, Reason.TOO_MANY_CONNECTIONS, 1)
+    second = delay_decisions(policy, Reason.EVICTED, 1)
+    assert [d.seconds for d in first + second] == [60, 120]
+
+
+def test_an_evicted_side_leaves_the_slot_to_the_evictor_even_with_short_settings() -> None:
+    quick = BackoffSettings(rate_limit_initial=0.3, rate_limit_max=2.0)
+    policy, _ = make(settings=quick)
+    waits = [d.seconds for d in delay_decisions(policy, Reason.EVICTED, 3)]
+    assert waits == [EVICTED_MIN_DELAY] * 3
+    assert EVICTED_MIN_DELAY > EVICTION_DELAY * 2
+
+
+def test_after_an_eviction_the_delay_is_short_fixed_and_counts_nothing() -> None:
+    policy, _ = make(rand=0.5)
+    c = Classification(Reason.TOO_MANY_CONNECTIONS)
+    for _ in range(3):
+        policy.start_attempt()
+        freed = policy.after_eviction(c)
+        assert isinstance(freed, Delay)
+        assert EVICTION_DELAY <= freed.seconds <= EVICTION_DELAY * 1.1
+    # Nothing was counted: a refusal now starts the ladder at its first step.
+    assert [d.seconds for d in delay_decisions(policy, c, 1)] == [60 * 1.05]
