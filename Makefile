@@ -17,7 +17,7 @@ demo: $(BIN)/activate
 	$(BIN)/streamd demo
 
 test: $(BIN)/activate
-	$(BIN)/ruff check streamd tests bench
+	$(BIN)/ruff check streamd tests bench config
 	$(BIN)/mypy
 	# Two workers: most pipeline tests wait on sockets, not on a CPU (5.5 min instead of 7.5
 	# on 2 cores); each worker runs its own session broker.
