@@ -10,6 +10,7 @@ from streamd.simulator.records import (
     RulesRequestRecord,
     SentLine,
     SentTweet,
+    TimelineTweet,
 )
 from streamd.simulator.rules_faults import RulesFault
 from streamd.simulator.server import Simulator
@@ -27,4 +28,5 @@ __all__ = [
     "SentTweet",
     "Simulator",
     "SimulatorConfig",
+    "TimelineTweet",
 ]

@@ -1,5 +1,6 @@
-"""The ASGI application: the three filtered-stream endpoints, rule counts, X's Connections
-API (connections.py), and the /_simulator/ control endpoints."""
+"""The ASGI application: the stream endpoints (filtered, sample, sample10, firehose and the
+language firehoses: endpoints.py), the rules endpoints and rule counts, X's Connections API
+(connections.py), and the /_simulator/ control endpoints."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import math
 import time
 import zlib
 from collections.abc import Awaitable, Callable
+from email.utils import formatdate
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
@@ -17,6 +20,14 @@ import orjson
 
 from streamd.simulator import connections, control, fields, problems
 from streamd.simulator.connection import CONNECTION_KEY, ConnectionControl
+from streamd.simulator.endpoints import (
+    FILTERED,
+    STREAM_ENDPOINTS,
+    Share,
+    StreamEndpoint,
+    partition_count,
+    partition_error,
+)
 from streamd.simulator.faults import ConnectFault, Fault
 from streamd.simulator.feed import Feed
 from streamd.simulator.problems import ErrorAnswer
@@ -41,6 +52,9 @@ RULES_PATH = "/2/tweets/search/stream/rules"
 COUNTS_PATH = "/2/tweets/search/stream/rules/counts"
 CONNECTIONS_PATH = "/2/connections"
 CONTROL_PREFIX = "/_simulator/"
+# How far in the future a recovery's end_time may be (the stream follows the timeline until
+# the clock passes it); later is 400.
+RECOVERY_END_LEEWAY = 60.0
 JSON = "application/json; charset=utf-8"
 
 
@@ -106,6 +120,22 @@ async def drop_unanswered(scope: Scope, receive: Receive, how: str) -> None:
         conn.abort()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(wait_disconnect(receive), 2.0)
+
+
+@dataclasses.dataclass
+class _StreamQuery:
+    """A stream connect's query, parsed. `raw_*`: the values as sent (for messages);
+    `now`: the simulated clock when it was checked."""
+
+    selections: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    backfill: int = 0
+    start_time: float | None = None
+    end_time: float | None = None
+    raw_start: str = ""
+    raw_end: str = ""
+    partition: int | None = None
+    now: float = 0.0
+    errors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 class _Gate(NamedTuple):
@@ -229,11 +259,12 @@ class SimulatorApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        send = self._dated(send)
         path: str = scope["path"]
         method: str = scope["method"]
         try:
-            if path == STREAM_PATH and method == "GET":
-                await self.stream(scope, receive, send)
+            if path in STREAM_ENDPOINTS and method == "GET":
+                await self.stream(STREAM_ENDPOINTS[path], scope, receive, send)
             elif path == RULES_PATH and method in ("GET", "POST"):
                 await self.rules(method, scope, receive, send)
             elif path == COUNTS_PATH and method == "GET":
@@ -246,6 +277,20 @@ class SimulatorApp:
                 await respond(send, 404, problems.not_found().body)
         except ConnectionError:
             return
+
+    def _dated(self, send: Send) -> Send:
+        """Every answer carries a `date` header on the simulated clock (uvicorn's own is
+        off), so a client can tell how much simulated time has passed."""
+        clock = self.state.clock
+
+        async def dated(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                date = formatdate(clock.now(), usegmt=True).encode()
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"date", date)]}
+            await send(message)
+
+        return dated
 
     # --- shared checks ------------------------------------------------------------------
 
@@ -295,6 +340,7 @@ class SimulatorApp:
         answer: ErrorAnswer | None,
         query: dict[str, str],
         connection_id: str | None = None,
+        path: str = STREAM_PATH,
     ) -> None:
         self.state.record_connect(
             ConnectRecord(
@@ -304,39 +350,40 @@ class SimulatorApp:
                 detail=answer.detail if answer else None,
                 query=query,
                 connection_id=connection_id,
+                path=path,
             )
         )
 
     def _parse_stream_query(
-        self, pairs: list[tuple[str, str]]
-    ) -> tuple[dict[str, frozenset[str]], int, tuple[float, float] | None, list[dict[str, Any]]]:
-        errors: list[dict[str, Any]] = []
-        selections: dict[str, frozenset[str]] = {}
-        backfill = 0
-        start_time: float | None = None
-        end_time: float | None = None
+        self, endpoint: StreamEndpoint, pairs: list[tuple[str, str]]
+    ) -> _StreamQuery:
+        """The query of a connect to `endpoint`, with X's invalid-request items for what is
+        wrong in it (syntax and ranges; the recovery window is checked apart)."""
+        settings = self.state.settings
+        query = _StreamQuery()
+        has_partition = False
         for name, value in pairs:
             if name in fields.LIST_PARAMETERS:
                 chosen, problems_found = fields.validate_list(name, value)
-                selections[name] = chosen
-                errors.extend(problems_found)
+                query.selections[name] = chosen
+                query.errors.extend(problems_found)
             elif name == "backfill_minutes":
                 try:
-                    backfill = int(value)
+                    query.backfill = int(value)
                 except ValueError:
-                    backfill = -1
-                if not 0 <= backfill <= 5:
-                    errors.append(
+                    query.backfill = -1
+                if not 0 <= query.backfill <= 5:
+                    query.errors.append(
                         problems.param_error(
                             name, value,
                             f"The `backfill_minutes` query parameter value [{value}] is not"
                             " between 0 and 5",
                         )
                     )
-            elif name in ("start_time", "end_time"):
+            elif name in ("start_time", "end_time") and endpoint.recovery:
                 parsed = _parse_time(value)
                 if parsed is None:
-                    errors.append(
+                    query.errors.append(
                         problems.param_error(
                             name, value,
                             f"Invalid '{name}':'{value}'. '{name}' must be a valid RFC 3339"
@@ -344,59 +391,125 @@ class SimulatorApp:
                         )
                     )
                 elif name == "start_time":
-                    start_time = parsed
+                    query.start_time, query.raw_start = parsed, value
                 else:
-                    end_time = parsed
+                    query.end_time, query.raw_end = parsed, value
+            elif name == "partition" and endpoint.max_partition is not None:
+                has_partition = True
+                count = partition_count(endpoint, settings.firehose_partitions,
+                                        settings.lang_firehose_partitions)
+                error = partition_error(value, endpoint, count)
+                if error is not None:
+                    query.errors.append(error)
+                else:
+                    query.partition = int(value)
             else:
-                errors.append(
-                    fields.unknown_parameter_error(name, value, fields.STREAM_PARAMETERS)
+                query.errors.append(
+                    fields.unknown_parameter_error(name, value, endpoint.parameters)
                 )
-        recovery = None
-        if start_time is not None:
-            recovery = (start_time, end_time if end_time is not None else time.time())
-        return selections, backfill, recovery, errors
+        if endpoint.max_partition is not None and not has_partition:
+            count = partition_count(endpoint, settings.firehose_partitions,
+                                    settings.lang_firehose_partitions)
+            missing = partition_error(None, endpoint, count)
+            assert missing is not None
+            query.errors.append(missing)
+        return query
 
-    async def stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _recovery_errors(self, query: _StreamQuery, now: float) -> list[dict[str, Any]]:
+        """The recovery window's rules (README, "Recovery"): start_time no older than
+        `recovery_max_hours`, end_time after start_time and at most RECOVERY_END_LEEWAY
+        after now (a client's rounding up, clock skew: the stream then waits for it), no
+        end_time without a start_time."""
+        errors: list[dict[str, Any]] = []
+        start, end = query.start_time, query.end_time
+        if start is None:
+            if end is not None:
+                errors.append(problems.param_error(
+                    "end_time", query.raw_end,
+                    f"Invalid 'end_time':'{query.raw_end}'. 'end_time' requires 'start_time'.",
+                ))
+            return errors
+        oldest = now - self.state.settings.recovery_max_hours * 3600
+        if start < oldest:
+            errors.append(problems.param_error(
+                "start_time", query.raw_start,
+                f"Invalid 'start_time':'{query.raw_start}'. 'start_time' must be on or after"
+                f" {_minute(oldest, up=True)}",
+            ))
+        if end is not None and end > now + RECOVERY_END_LEEWAY:
+            errors.append(problems.param_error(
+                "end_time", query.raw_end,
+                f"Invalid 'end_time':'{query.raw_end}'. 'end_time' must be on or before"
+                f" {_minute(now + RECOVERY_END_LEEWAY, up=False)}",
+            ))
+        elif (end if end is not None else now) <= start:
+            value = query.raw_end if end is not None else query.raw_start
+            name = "end_time" if end is not None else "start_time"
+            message = (
+                f"Invalid 'end_time':'{query.raw_end}'. 'end_time' must be after"
+                f" 'start_time':'{query.raw_start}'."
+                if end is not None
+                else f"Invalid 'start_time':'{query.raw_start}'. 'start_time' must be before"
+                     f" {_minute(now, up=False)}"
+            )
+            errors.append(problems.param_error(name, value, message))
+        return errors
+
+    async def stream(
+        self, endpoint: StreamEndpoint, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         state = self.state
         pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         query = dict(pairs)
+        path = endpoint.path
         hang = False
+        parsed = _StreamQuery()
         with state.lock:
             denied = self._auth(scope)
             if denied is not None:
                 window = state.stream_window.peek()
-                self._record(denied.status, denied, query)
+                self._record(denied.status, denied, query, path=path)
             else:
                 window = state.stream_window.hit()
                 fault = state.next_connect_fault()
                 if fault is not None and fault.hangs:
                     hang = True
-                    self._record(0, None, query)
+                    self._record(0, None, query, path=path)
                 else:
-                    denied, window = self._connect_check(pairs, window, fault)
+                    denied, window, parsed = self._connect_check(endpoint, pairs, window, fault)
                     if denied is not None:
-                        self._record(denied.status, denied, query)
+                        self._record(denied.status, denied, query, path=path)
         if hang:
             await self._hang(scope, receive)
             return
         if denied is not None:
             await respond_error(send, denied, window)
             return
-        selections, backfill, recovery, _ = self._parse_stream_query(pairs)
+        backfill = parsed.backfill
         if state.settings.tier not in state.settings.backfill_tiers:
             backfill = 0  # Enterprise-only at X: accepted and ignored elsewhere (config.py)
+        recovery = None
+        if parsed.start_time is not None:
+            recovery = (parsed.start_time,
+                        parsed.end_time if parsed.end_time is not None else parsed.now)
+            backfill = 0  # a recovery sends its window, nothing else
         accepts_gzip = "gzip" in (_header(scope, b"accept-encoding") or "").lower()
         use_gzip = state.config.gzip and accepts_gzip
+        share = Share(endpoint, parsed.partition, partition_count(
+            endpoint, state.settings.firehose_partitions,
+            state.settings.lang_firehose_partitions))
         session = StreamSession(
-            state, self.feed, fields.selection_from(selections), send, connection_of(scope),
-            use_gzip, backfill_minutes=backfill, recovery=recovery,
+            state, self.feed, fields.selection_from(parsed.selections), send,
+            connection_of(scope), use_gzip, backfill_minutes=backfill, recovery=recovery,
+            share=share,
         )
         with state.lock:
             # Re-check the slot under the lock: another connect may have won meanwhile.
-            slot_denied = self._take_slot(session, _client_ip(scope))
+            slot_denied = self._take_slot(session, _client_ip(scope), endpoint,
+                                          parsed.partition, recovery is not None)
             connection_id = session.connection.id if session.connection is not None else None
             self._record(slot_denied.status if slot_denied else 200, slot_denied, query,
-                         connection_id)
+                         connection_id, path=path)
         if slot_denied is not None:
             await respond_error(send, slot_denied, window)
             return
@@ -436,55 +549,94 @@ class SimulatorApp:
             await drop_unanswered(scope, receive, "abort")
 
     def _connect_check(
-        self, pairs: list[tuple[str, str]], window: WindowState, fault: ConnectFault | None
-    ) -> tuple[ErrorAnswer | None, WindowState]:
-        """Checks after auth, in X's order; returns the answer and the rate-limit state for
-        its headers (an injected rate-limit fault brings its own). Caller holds the lock."""
+        self,
+        endpoint: StreamEndpoint,
+        pairs: list[tuple[str, str]],
+        window: WindowState,
+        fault: ConnectFault | None,
+    ) -> tuple[ErrorAnswer | None, WindowState, _StreamQuery]:
+        """Checks after auth, in X's order; returns the answer, the rate-limit state for
+        its headers (an injected rate-limit fault brings its own) and the parsed query.
+        Caller holds the lock."""
         state = self.state
         if fault is not None:
             reset = fault.reset_at()
             if reset is not None:
                 window = WindowState(False, window.limit, 0, reset)
-            return fault.answer(self.host, state.settings.product_name), window
-        return self._regular_check(pairs, window), window
+            return fault.answer(self.host, state.settings.product_name), window, _StreamQuery()
+        denied, parsed = self._regular_check(endpoint, pairs, window)
+        return denied, window, parsed
 
     def _regular_check(
-        self, pairs: list[tuple[str, str]], window: WindowState
-    ) -> ErrorAnswer | None:
+        self, endpoint: StreamEndpoint, pairs: list[tuple[str, str]], window: WindowState
+    ) -> tuple[ErrorAnswer | None, _StreamQuery]:
+        """The tier (403), the endpoint's tiers (403), the parameters (400), recovery on
+        this tier (403) and its window (400), the request window (429), the usage cap
+        (429), rules (409, filtered stream only)."""
         state = self.state
+        settings = state.settings
+        parsed = _StreamQuery()
         denied = self._tier()
         if denied is not None:
-            return denied
-        _, _, _, errors = self._parse_stream_query(pairs)
-        if errors:
-            return problems.invalid_request(self.host, errors)
+            return denied, parsed
+        if endpoint.family != FILTERED and (
+            settings.tier not in settings.endpoint_tiers[endpoint.family]
+        ):
+            return problems.client_forbidden(self.host), parsed
+        parsed = self._parse_stream_query(endpoint, pairs)
+        if parsed.errors:
+            return problems.invalid_request(self.host, parsed.errors), parsed
+        parsed.now = state.clock.now()
+        if parsed.start_time is not None or parsed.end_time is not None:
+            if settings.tier not in settings.recovery_tiers:
+                return problems.client_forbidden(self.host), parsed
+            errors = self._recovery_errors(parsed, parsed.now)
+            if errors:
+                return problems.invalid_request(self.host, errors), parsed
         if not window.allowed:
-            return problems.rate_limited()
+            return problems.rate_limited(), parsed
         if state.usage_exhausted():
-            return problems.usage_capped(self.host, state.settings.product_name)
-        if len(state.rules) == 0:
-            return problems.no_rules(self.host)
-        return None
+            return problems.usage_capped(self.host, settings.product_name), parsed
+        if endpoint.family == FILTERED and len(state.rules) == 0:
+            return problems.no_rules(self.host), parsed
+        return None, parsed
 
-    def _take_slot(self, session: StreamSession, client_ip: str | None) -> ErrorAnswer | None:
-        """Admit `session` if a connection slot is free (or, with kick_old, free one), and
-        open its connection record. Caller holds the lock."""
+    def _take_slot(
+        self,
+        session: StreamSession,
+        client_ip: str | None,
+        endpoint: StreamEndpoint,
+        partition: int | None,
+        recovery: bool,
+    ) -> ErrorAnswer | None:
+        """Admit `session` if a slot of its endpoint and partition is free (or, with
+        kick_old, free one), and open its connection record. A recovery connection takes no
+        slot: it is one of the endpoint's recovery jobs (at most `recovery_jobs_limit`;
+        refused as TooManyConnections). Caller holds the lock."""
         state = self.state
-        limit = state.settings.slot_limit
         registry = state.connections
         # The active connections: open streams and zombies. A stream whose client has
         # already closed or reset it is settled first, even before its session has
         # noticed: with zombie_seconds 0, a client that reconnects at once is not refused.
-        holders = registry.holders()
-        if len(holders) >= limit:
-            if state.settings.connection_policy == "reject_new" or limit == 0:
+        holders = registry.group(endpoint.name, partition, recovery)
+        if recovery:
+            if len(holders) >= state.settings.recovery_jobs_limit:
                 return problems.too_many_connections(self.host)
-            for old in holders[: len(holders) - limit + 1]:
-                stream = registry.replace(old)
-                if stream is not None:
-                    stream.kick()
+        else:
+            limit = state.settings.slot_limit
+            if len(holders) >= limit:
+                if state.settings.connection_policy == "reject_new" or limit == 0:
+                    return problems.too_many_connections(self.host)
+                for old in holders[: len(holders) - limit + 1]:
+                    stream = registry.replace(old)
+                    if stream is not None:
+                        stream.kick()
+        now = state.clock.now()
+        self.feed.start(now)  # the timeline begins with the first stream, if not yet
+        session.admit(now)
         state.sessions.append(session)
-        session.connection = registry.open(connections.FILTERED_STREAM, client_ip, session)
+        session.connection = registry.open(endpoint.name, client_ip, session,
+                                           partition=partition, recovery=recovery, at=now)
         return None
 
     # --- rules --------------------------------------------------------------------------
@@ -769,7 +921,10 @@ class SimulatorApp:
                 payload = orjson.loads(raw) if raw.strip() else {}
                 if not isinstance(payload, dict):
                     raise ValueError("body must be a JSON object")
-            result = self._control(name, method, scope, payload)
+            if name == "advance" and method == "POST":
+                result = await self._advance(payload)
+            else:
+                result = self._control(name, method, scope, payload)
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
             await respond(send, 400, orjson.dumps({"error": str(exc)}))
             return
@@ -777,6 +932,23 @@ class SimulatorApp:
             await respond(send, 404, orjson.dumps({"error": f"no control endpoint {name!r}"}))
             return
         await respond(send, 200, orjson.dumps(result))
+
+    async def _advance(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST /_simulator/advance {"seconds": S, "keep_connections": false}: answered once
+        the streams it ends have ended (or after 2 s)."""
+        unknown = sorted(set(payload) - {"seconds", "keep_connections"})
+        if unknown:
+            raise ValueError(f"unknown advance parameters {unknown}; expected some of"
+                             " ['keep_connections', 'seconds']")
+        keep = payload.get("keep_connections", False)
+        if not isinstance(keep, bool):
+            raise ValueError("keep_connections must be true or false")
+        result, ending = control.advance(self.state, payload.get("seconds"), keep)
+        if ending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(s.closed.wait() for s in ending)), 2.0)
+        return result
 
     def _control(self, name: str, method: str, scope: Scope, payload: dict[str, Any]) -> Any:
         state = self.state
@@ -797,11 +969,36 @@ class SimulatorApp:
         if name == "connects" and method == "GET":
             with state.lock:
                 return [dataclasses.asdict(r) for r in state.connect_log]
+        if name == "clock" and method == "GET":
+            return {"now": state.clock.now(), "offset": state.clock.offset}
+        if name == "backdate" and method == "POST":
+            unknown = sorted(set(payload) - {"seconds"})
+            if unknown:
+                raise ValueError(f"unknown backdate parameters {unknown}; expected ['seconds']")
+            return control.backdate(state, payload.get("seconds"))
+        if name == "reset-connection" and method == "POST":
+            unknown = sorted(set(payload) - {"id", "end"})
+            if unknown:
+                raise ValueError(f"unknown reset-connection parameters {unknown}; expected"
+                                 " some of ['end', 'id']")
+            if not isinstance(payload.get("id"), str):
+                raise ValueError("`id` must be a connection id (a string)")
+            found = control.reset_connection(state, payload["id"],
+                                             str(payload.get("end", "reset")))
+            return {"reset": found}
+        if name == "timeline" and method == "GET":
+            made = control.timeline(
+                state, _float_or_none(query.get("start")), _float_or_none(query.get("end")),
+                query.get("endpoint"),
+                int(query["partition"]) if "partition" in query else None,
+            )
+            return {"count": len(made), "tweets": [control.timeline_json(t) for t in made]}
         if name == "state" and method == "GET":
             with state.lock:
                 active = len([s for s in state.sessions if not s.finished])
                 sent = len(state.sent.ids)
             return {"active_connections": active, "sent_tweets": sent,
+                    "recovery_sent": state.recovery_sent,
                     "settings": control.settings_json(state)}
         if name == "faults" and method == "POST":
             state.inject(Fault.from_dict(payload))
@@ -837,10 +1034,21 @@ class SimulatorApp:
         return None
 
 
+def _float_or_none(value: str | None) -> float | None:
+    return None if value is None or value == "" else float(value)
+
+
 def _string_list(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("`uuids` must be a list of strings")
     return list(value)
+
+
+def _minute(epoch: float, up: bool) -> str:
+    """An instant as X writes a bound in its time errors: YYYY-MM-DDTHH:mmZ, rounded up
+    (a lower bound) or down (an upper bound) to the minute."""
+    seconds = math.ceil(epoch / 60) * 60 if up else math.floor(epoch / 60) * 60
+    return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(seconds))
 
 
 def _parse_time(value: str) -> float | None:

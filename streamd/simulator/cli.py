@@ -15,6 +15,7 @@ from streamd.simulator.config import (
     CONNECTIONS_API_MODES,
     TERMINATE_ENDINGS,
     TIERS,
+    TIMELINE_STARTS,
     SimulatorConfig,
 )
 from streamd.simulator.server import Simulator
@@ -104,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     conns.add_argument("--connections-api", choices=CONNECTIONS_API_MODES, default="on",
                        help="serve the Connections API, refuse it with 403, or answer 404"
                             " (default: %(default)s)")
+    timeline = parser.add_argument_group(
+        "Timeline, recovery and partitions",
+        "Tweets exist whether or not a client is connected; POST /_simulator/advance"
+        ' {"seconds": S} makes S seconds pass at once. Recovery (start_time/end_time) and'
+        " the firehose, sample and sample10 endpoints follow X's Enterprise rules.",
+    )
+    timeline.add_argument("--timeline-start", choices=TIMELINE_STARTS,
+                          default="first_connect",
+                          help="when tweets start being created: at the first stream"
+                               " connect (or advance), or at start-up (default:"
+                               " %(default)s)")
+    timeline.add_argument("--firehose-partitions", type=int, default=20, metavar="N",
+                          help="partitions the firehose is split into, 1-20 (default:"
+                               " %(default)s); a higher `partition` gets 400")
+    timeline.add_argument("--recovery-rate", default="inf", metavar="TWEETS_PER_SECOND",
+                          help="how fast a recovery stream sends its window (default:"
+                               " %(default)s, as fast as the client reads)")
     tls = parser.add_argument_group(
         "TLS and HTTP/2",
         "X serves the stream over HTTPS with HTTP/2. With a certificate the simulator serves"
@@ -149,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rate = math.inf if args.rate.lower() in ("inf", "infinity") else float(args.rate)
+        recovery_rate = (math.inf if args.recovery_rate.lower() in ("inf", "infinity")
+                         else float(args.recovery_rate))
         config = SimulatorConfig(
             host=args.host,
             port=args.port,
@@ -173,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             zombie_seconds=args.zombie_seconds,
             terminate_ending=args.terminate_ending,
             connections_api=args.connections_api,
+            timeline_start=args.timeline_start,
+            firehose_partitions=args.firehose_partitions,
+            recovery_rate=recovery_rate,
         )
         simulator = Simulator(config)
     except (ValueError, OSError) as exc:

@@ -24,7 +24,14 @@ stream end the server decides makes the connection inactive at once. `disconnect
 |                        | slow_reader_drop fault)                                       |
 | `usage_capped`         | the usage cap ended the stream (or the usage_capped fault)    |
 | `recovery_complete`    | a `start_time`/`end_time` recovery stream sent its window     |
+| `clock_advanced`       | the simulated clock was advanced (time passed while no live   |
+|                        | connection was up)                                            |
 | `server_shutdown`      | the simulator stopped                                         |
+
+Slots: a live connection holds one of the slots of its endpoint and partition (the tier's:
+pro 1, enterprise 2; or `connection_limit`), so each firehose partition has its own. A
+recovery connection (start_time/end_time) holds none: it counts against the recovery jobs
+(`recovery_jobs_limit`, 2, per endpoint and partition) instead.
 
 Terminating an active connection makes it inactive at once, which frees its slot before the
 DELETE answers. If its stream is still open, the stream then ends as `terminate_ending`
@@ -84,10 +91,11 @@ SERVER_DISCONNECT = "server_disconnect"
 SLOW_READER = "slow_reader"
 USAGE_CAPPED = "usage_capped"
 RECOVERY_COMPLETE = "recovery_complete"
+CLOCK_ADVANCED = "clock_advanced"
 SERVER_SHUTDOWN = "server_shutdown"
 DISCONNECT_REASONS: tuple[str, ...] = (
     OPERATOR_DISCONNECT, CLIENT_DISCONNECT, DUPLICATE_CONNECTION, SERVER_DISCONNECT,
-    SLOW_READER, USAGE_CAPPED, RECOVERY_COMPLETE, SERVER_SHUTDOWN,
+    SLOW_READER, USAGE_CAPPED, RECOVERY_COMPLETE, CLOCK_ADVANCED, SERVER_SHUTDOWN,
 )
 
 NOT_FOUND_MESSAGE = "Connection not found"
@@ -130,6 +138,8 @@ class Connection:
     disconnected_at: float | None = None
     disconnect_reason: str | None = None
     zombie_until: float | None = None
+    partition: int | None = None
+    recovery: bool = False
 
     @property
     def active(self) -> bool:
@@ -149,6 +159,8 @@ class Connection:
             zombie=self.active and self.zombie_until is not None,
             connected_at_epoch=self.connected_at,
             disconnected_at_epoch=self.disconnected_at,
+            partition=self.partition,
+            recovery=self.recovery,
         )
 
     def render(self, wanted: frozenset[str]) -> dict[str, Any]:
@@ -210,12 +222,20 @@ class ConnectionRegistry:
     # --- life of a connection ------------------------------------------------------------
 
     def open(
-        self, endpoint_name: str, client_ip: str | None, stream: StreamHandle | None
+        self,
+        endpoint_name: str,
+        client_ip: str | None,
+        stream: StreamHandle | None,
+        partition: int | None = None,
+        recovery: bool = False,
+        at: float | None = None,
     ) -> Connection:
         with self._lock:
             record = Connection(
                 seq=len(self._all) + 1, id=self._new_id(), endpoint_name=endpoint_name,
-                client_ip=client_ip, connected_at=self._clock(), stream=stream,
+                client_ip=client_ip, connected_at=self._clock() if at is None else at,
+                stream=stream,
+                partition=partition, recovery=recovery,
             )
             self._all.append(record)
             self._by_id[record.id] = record
@@ -285,6 +305,15 @@ class ConnectionRegistry:
         with self._lock:
             self._settle()
             return list(self._active.values())
+
+    def group(self, endpoint_name: str, partition: int | None, recovery: bool) -> list[
+        Connection
+    ]:
+        """The active connections of one endpoint and partition: the live ones (holding its
+        slots) or the recovery ones (its recovery jobs), oldest first."""
+        return [r for r in self.holders()
+                if r.endpoint_name == endpoint_name and r.partition == partition
+                and r.recovery == recovery]
 
     # --- termination ---------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from streamd.simulator import problems
 StreamEnd = Literal["clean", "reset", "no_final_chunk", "rst_stream"]
 STREAM_ENDS: tuple[str, ...] = ("clean", "reset", "no_final_chunk", "rst_stream")
 # Faults that end the stream, and so take `end`.
-ENDING_FAULTS = ("close", "operational_disconnect", "usage_capped")
+ENDING_FAULTS = ("close", "operational_disconnect", "usage_capped", "recovery_cut")
 
 STREAM_FAULT_KINDS = (
     "operational_disconnect",
@@ -47,6 +47,7 @@ STREAM_FAULT_KINDS = (
     "usage_capped",
     "raw",
     "gzip_bomb",
+    "recovery_cut",
 )
 # What a gzip bomb inflates to: blank lines ("\r\n", heartbeats to a client), one line, or
 # lines of junk ("x", each one for the client's dead-letter topic).
@@ -67,6 +68,8 @@ class Fault:
     inflated_mb: int = 0  # gzip_bomb: inflated size, MiB
     shape: str = "heartbeats"  # gzip_bomb: BOMB_SHAPES
     detail: str | None = None  # operational_disconnect: instead of the type's usual text
+    after: int = 0  # recovery_cut: tweets sent before the cut
+    notice: bool = False  # recovery_cut: an operational-disconnect line before the end
 
     def __post_init__(self) -> None:
         if self.kind not in STREAM_FAULT_KINDS:
@@ -91,6 +94,8 @@ class Fault:
                 raise ValueError(f"unknown shape {self.shape!r}; expected one of {BOMB_SHAPES}")
             if not 1 <= self.inflated_mb <= 4096:
                 raise ValueError("inflated_mb must be 1..4096")
+        if self.after < 0:
+            raise ValueError("after must be >= 0")
 
     @classmethod
     def operational_disconnect(
@@ -136,6 +141,16 @@ class Fault:
         wire per MiB inflated. On a stream without gzip (the client did not
         accept it, or SimulatorConfig.gzip is off) the same bytes go out as they are."""
         return cls("gzip_bomb", inflated_mb=inflated_mb, shape=shape)
+
+    @classmethod
+    def recovery_cut(cls, after: int, end: StreamEnd = "reset", notice: bool = False) -> Fault:
+        """A recovery stream (start_time/end_time) ends early, after `after` tweets of its
+        window: as `end` says (default a TCP reset, so the client cannot take it for a
+        finished recovery, which ends cleanly), after an operational-disconnect line if
+        `notice`. It acts on the recovery streams open when injected, else on the next one
+        (live streams ignore it); the connection's disconnect_reason is
+        "server_disconnect"."""
+        return cls("recovery_cut", after=after, end=end, notice=notice)
 
     @classmethod
     def malformed(cls, count: int = 1) -> Fault:
@@ -186,17 +201,19 @@ class Fault:
             seconds=float(spec.get("seconds", 0.0)),
             count=int(spec.get("count", 1)),
             lines=_spec_lines(spec.get("lines", [])),
-            end=str(spec.get("end", "clean")),
+            end=str(spec.get("end", "reset" if kind == "recovery_cut" else "clean")),
             inflated_mb=int(spec.get("inflated_mb", 200 if kind == "gzip_bomb" else 0)),
             shape=str(spec.get("shape", "heartbeats")),
             detail=None if detail is None else str(detail),
+            after=int(spec.get("after", 0)),
+            notice=bool(spec.get("notice", False)),
         )
 
 
 # Keys of the control API / scenario form of a Fault ("at" is the scenario's time).
 _SPEC_KEYS = frozenset({
     "fault", "kind", "disconnect_type", "seconds", "count", "lines", "end", "inflated_mb",
-    "shape", "detail", "at",
+    "shape", "detail", "after", "notice", "at",
 })
 
 

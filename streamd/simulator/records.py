@@ -1,5 +1,5 @@
 """Plain records the simulator hands back to tests: rules, sent lines, connect attempts,
-connections and Connections API requests."""
+connections, Connections API requests and the timeline."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ class SentLine:
 @dataclass(frozen=True)
 class ConnectRecord:
     """One connect attempt. `status` 0: accepted and never answered (ConnectFault.hang).
-    `connection_id`: the connection a 200 created (see ConnectionRecord)."""
+    `connection_id`: the connection a 200 created (see ConnectionRecord); `path`: the
+    stream endpoint it asked for. `at` is real time (time.time()), not the simulated
+    clock."""
 
     at: float
     status: int
@@ -40,6 +42,7 @@ class ConnectRecord:
     detail: str | None
     query: dict[str, str] = field(default_factory=dict)
     connection_id: str | None = None
+    path: str = "/2/tweets/search/stream"
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class ConnectionRecord:
     zombie: bool
     connected_at_epoch: float
     disconnected_at_epoch: float | None
+    partition: int | None = None  # the `partition` it connected with, if any
+    recovery: bool = False  # a start_time/end_time recovery connection
 
 
 @dataclass(frozen=True)
@@ -85,3 +90,22 @@ class ConnectionsRequestRecord:
     query: dict[str, str]
     status: int
     uuids: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class TimelineTweet:
+    """One tweet of the timeline (every tweet the simulated world created, connected or
+    not). `created_at`: epoch seconds (ms precision, as its id encodes it); `partition`: its
+    firehose partition (of `firehose_partitions`); `matching`: it matched a rule when it was
+    created, so the filtered stream delivers it; `in_sample` / `sample10_partition`: its
+    place in the 1% and 10% samples; `line`: as a stream without field parameters sends it
+    (the filtered stream's form, with matching_rules, when `matching`)."""
+
+    id: str
+    created_at: float
+    partition: int
+    lang: str | None
+    matching: bool
+    in_sample: bool
+    sample10_partition: int | None
+    line: bytes

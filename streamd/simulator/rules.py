@@ -55,8 +55,11 @@ class RulesAnswer:
 class RuleStore:
     """Not thread-safe by itself: the Simulator calls it under its lock."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time
+    ) -> None:
         self._clock = clock
+        self._wall = wall  # epoch seconds for `meta.sent` (the simulated clock)
         self._rules: dict[str, Rule] = {}
         self._by_value: dict[str, str] = {}
         self._predicates: dict[str, Predicate] = {}
@@ -174,7 +177,7 @@ class RuleStore:
         if created:
             body["data"] = [_rule_json(r) for r in created]
         body["meta"] = {
-            "sent": iso_now(),
+            "sent": iso_now(self._wall),
             "summary": {
                 "created": len(created),
                 "not_created": len(items) - len(created),
@@ -211,7 +214,7 @@ class RuleStore:
             self._remove(doomed)
         body: dict[str, Any] = {
             "meta": {
-                "sent": iso_now(),
+                "sent": iso_now(self._wall),
                 "summary": {"deleted": len(doomed), "not_deleted": len(errors)},
             }
         }
@@ -223,7 +226,8 @@ class RuleStore:
         doomed = list(self._rules)
         if not dry_run:
             self._remove(doomed)
-        body = {"meta": {"sent": iso_now(), "summary": {"deleted": len(doomed), "not_deleted": 0}}}
+        body = {"meta": {"sent": iso_now(self._wall),
+                         "summary": {"deleted": len(doomed), "not_deleted": 0}}}
         return RulesAnswer(200, body)
 
     def _remove(self, ids: list[str]) -> None:
@@ -239,7 +243,7 @@ class RuleStore:
     ) -> dict[str, Any]:
         rules = self.all() if ids is None else [self._rules[i] for i in ids if i in self._rules]
         page = rules[offset : offset + max_results]
-        meta: dict[str, Any] = {"sent": iso_now(), "result_count": len(page)}
+        meta: dict[str, Any] = {"sent": iso_now(self._wall), "result_count": len(page)}
         if offset + max_results < len(rules):
             meta["next_token"] = encode_page_token(offset + max_results)
         body: dict[str, Any] = {}

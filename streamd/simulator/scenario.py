@@ -12,7 +12,8 @@ Format (JSON shown; TOML uses [[events]] tables with the same keys):
        {"at": 11.0, "rules_fault": {"kind": "server_error", "status": 503, "method": "POST",
                                     "count": 2}},
        {"at": 12.0, "config": {"tweets_per_second": 500}},
-       {"at": 15.0, "rules": {"add": [{"value": "cat", "tag": "cats"}]}}
+       {"at": 15.0, "rules": {"add": [{"value": "cat", "tag": "cats"}]}},
+       {"at": 20.0, "advance": 600, "keep_connections": false}
      ]}
 
 `at` is seconds after the simulator started. With `repeat_every: S` the whole list runs
@@ -76,9 +77,16 @@ def _validate(action: dict[str, Any]) -> None:
         ConnectFault.from_dict(dict(action["connect_fault"]))
     elif "rules_fault" in action:
         parse_rules_fault_spec(dict(action["rules_fault"]))
+    elif "advance" in action:
+        seconds = action["advance"]
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            raise ValueError(f"`advance` must be a number of seconds >= 0: {action}")
+        if not isinstance(action.get("keep_connections", False), bool):
+            raise ValueError(f"`keep_connections` must be true or false: {action}")
     elif "config" not in action and "rules" not in action:
         raise ValueError(
-            f"scenario event has no fault/connect_fault/rules_fault/config/rules: {action}"
+            "scenario event has no fault/connect_fault/rules_fault/config/rules/advance:"
+            f" {action}"
         )
 
 
@@ -91,6 +99,8 @@ def apply(state: SimulatorState, action: dict[str, Any]) -> None:
         )
     elif "rules_fault" in action:
         state.inject_rules_fault(*parse_rules_fault_spec(dict(action["rules_fault"])))
+    elif "advance" in action:
+        control.advance(state, action["advance"], bool(action.get("keep_connections", False)))
     elif "config" in action:
         control.configure(state, dict(action["config"]))
     elif "rules" in action:

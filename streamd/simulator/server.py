@@ -30,6 +30,7 @@ from streamd.simulator.records import (
     RulesRequestRecord,
     SentLine,
     SentTweet,
+    TimelineTweet,
 )
 from streamd.simulator.rules_faults import RULES_METHODS, RulesFault
 from streamd.simulator.scenario import load_scenario, run_scenario
@@ -141,6 +142,7 @@ class Simulator:
             http=_AlpnSwitch if config.http2 else _ConnectionExposingH11,
             interface="asgi3",
             server_header=False,
+            date_header=False,  # the app sends its own, on the simulated clock
             access_log=False,
             log_config=None,  # leave the host process's logging alone
         )
@@ -180,18 +182,25 @@ class Simulator:
 
     async def _serve(self) -> None:
         assert self._server is not None
-        scenario_task = (
-            asyncio.ensure_future(run_scenario(self.state, self._scenario))
-            if self._scenario is not None
-            else None
-        )
+        if self.config.timeline_start == "start":
+            self._feed.start()
+        tasks = [asyncio.ensure_future(self._tick())]
+        if self._scenario is not None:
+            tasks.append(asyncio.ensure_future(run_scenario(self.state, self._scenario)))
         try:
             await self._server.serve(sockets=self._sockets)
         finally:
-            if scenario_task is not None:
-                scenario_task.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await scenario_task
+                    await task
+
+    async def _tick(self) -> None:
+        """Tweets are created on time even while no stream reads (each with the rules in
+        force then): the timeline catches up every 50 ms."""
+        while True:
+            await asyncio.sleep(0.05)
+            self._feed.catch_up()
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._server is None or self._thread is None:
@@ -296,6 +305,59 @@ class Simulator:
 
     def set_policy(self, connection_policy: str) -> None:
         self.configure(connection_policy=connection_policy)
+
+    # --- the timeline and the simulated clock -------------------------------------------
+
+    def now(self) -> float:
+        """The simulated clock: epoch seconds (real time plus what `advance` added)."""
+        return self.state.clock.now()
+
+    def advance(self, seconds: float, keep_connections: bool = False,
+                timeout: float = 2.0) -> dict[str, Any]:
+        """Move the simulated clock `seconds` ahead at once, creating the tweets of that
+        interval (the rate times `seconds`, at most 200,000, `created_at` spread over it).
+        Unless `keep_connections`, every live stream is ended cleanly first (reason
+        "clock_advanced"), so none receives them; with it, open streams read them as a
+        burst. Returns {"from", "to" (the interval, (from, to]), "now", "created", "ended":
+        [connection ids]} once the ended streams have ended (or after `timeout`)."""
+        result, ending = control.advance(self.state, seconds, keep_connections)
+        deadline = time.monotonic() + timeout
+        while any(not s.closed.is_set() for s in ending) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return result
+
+    def backdate(self, seconds: float) -> dict[str, Any]:
+        """Claim that the last `seconds` passed with nobody reading: their tweets (the rate
+        times `seconds`, at most 200,000) are created at once, `created_at` spread over
+        [now - seconds, now); no live stream receives them, backfill and recovery windows
+        hold them. The clock does not move (compare `advance`, which moves it and ends the
+        live streams). Returns {"from", "to", "created"}."""
+        return control.backdate(self.state, seconds)
+
+    def reset_connection(self, connection_id: str, end: str = "reset") -> bool:
+        """End one connection's open stream as a network failure would: a TCP reset by
+        default (`end`: "reset", "no_final_chunk", "rst_stream" or "clean").
+        disconnect_reason "server_disconnect". False when no open stream has that id."""
+        return control.reset_connection(self.state, connection_id, end)
+
+    def recovery_sent(self) -> int:
+        """Tweets sent on recovery (start_time/end_time) streams so far."""
+        return self.state.recovery_sent
+
+    def timeline(
+        self,
+        start: float | None = None,
+        end: float | None = None,
+        *,
+        endpoint: str | None = None,
+        partition: int | None = None,
+    ) -> list[TimelineTweet]:
+        """Every tweet created in [start, end) (epoch seconds on the simulated clock; None:
+        unbounded), oldest first, connected or not; with `endpoint` (a stream path, its
+        Connections API name or short name: "filtered", "sample", "sample10", "firehose",
+        "firehose_en", ...), only that endpoint's share: of `partition`, or of all its
+        partitions."""
+        return control.timeline(self.state, start, end, endpoint, partition)
 
     # --- records ------------------------------------------------------------------------
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import collections
 import contextlib
 import threading
@@ -27,7 +26,19 @@ from streamd.simulator.rules import RuleStore
 from streamd.simulator.rules_faults import RulesFault
 
 if TYPE_CHECKING:
+    from streamd.simulator.feed import Feed
     from streamd.simulator.stream import StreamSession
+
+
+class SimClock:
+    """The simulated clock: epoch seconds, real time plus an offset that `advance` grows.
+    Thread-safe enough: the offset only grows, under the state's lock."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset
 
 
 @dataclass
@@ -45,6 +56,13 @@ class LiveSettings:
     connection_limit: int | None = None
     terminate_ending: str = "operational_disconnect"
     connections_api: str = "on"
+    firehose_partitions: int = 20
+    lang_firehose_partitions: dict[str, int] = field(default_factory=dict)
+    endpoint_tiers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    recovery_tiers: tuple[str, ...] = ("enterprise",)
+    recovery_jobs_limit: int = 2
+    recovery_max_hours: float = 24.0
+    recovery_rate: float = float("inf")
 
     @property
     def limits(self) -> TierLimits:
@@ -65,32 +83,21 @@ class LiveSettings:
 
 @dataclass
 class SentLog:
-    """Tweet lines in send order plus batch timestamps (for backfill by time)."""
+    """Tweet lines in send order, on any connection (duplicates included). What was
+    created, sent or not, is the timeline (feed.py)."""
 
     ids: list[str] = field(default_factory=list)
     lines: list[bytes] = field(default_factory=list)
-    batch_times: list[float] = field(default_factory=list)  # time.time() of each batch
-    batch_starts: list[int] = field(default_factory=list)  # index of its first tweet
 
-    def add(self, ids: list[str], lines: list[bytes], at: float) -> None:
-        self.batch_times.append(at)
-        self.batch_starts.append(len(self.ids))
+    def add(self, ids: list[str], lines: list[bytes]) -> None:
         self.ids.extend(ids)
         self.lines.extend(lines)
-
-    def between(self, start: float, end: float) -> tuple[list[str], list[bytes]]:
-        first_batch = bisect.bisect_left(self.batch_times, start)
-        last_batch = bisect.bisect_right(self.batch_times, end)
-        if first_batch >= len(self.batch_starts) or first_batch >= last_batch:
-            return [], []
-        lo = self.batch_starts[first_batch]
-        hi = self.batch_starts[last_batch] if last_batch < len(self.batch_starts) else len(self.ids)
-        return self.ids[lo:hi], self.lines[lo:hi]
 
 
 class SimulatorState:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
+        self.clock = SimClock()
         self.lock = threading.RLock()
         self.sent_changed = threading.Condition(self.lock)
         # Notified on every new connect, rules request or Connections API request record.
@@ -107,14 +114,22 @@ class SimulatorState:
             connection_limit=config.connection_limit,
             terminate_ending=config.terminate_ending,
             connections_api=config.connections_api,
+            firehose_partitions=config.firehose_partitions,
+            lang_firehose_partitions=dict(config.lang_firehose_partitions),
+            endpoint_tiers=dict(config.endpoint_tiers),
+            recovery_tiers=tuple(config.recovery_tiers),
+            recovery_jobs_limit=config.recovery_jobs_limit,
+            recovery_max_hours=config.recovery_max_hours,
+            recovery_rate=config.recovery_rate,
         )
-        self.rules = RuleStore()
+        self.rules = RuleStore(wall=self.clock.now)
         self.rules.propagation_delay = config.rule_propagation_delay
         self.stream_window = FixedWindow(config.connect_window_limit, config.connect_window_seconds)
         self.rules_get_window = FixedWindow(config.rules_get_limit, config.rules_window_seconds)
         self.rules_post_window = FixedWindow(config.rules_post_limit, config.rules_window_seconds)
         # The Connections API: the registry of every connection, its windows, its log.
-        self.connections = ConnectionRegistry(self.lock, zombie_seconds=config.zombie_seconds)
+        self.connections = ConnectionRegistry(self.lock, clock=self.clock.now,
+                                              zombie_seconds=config.zombie_seconds)
         seconds = config.connections_window_seconds
         self.connections_get_window = FixedWindow(config.connections_get_limit, seconds)
         self.connections_delete_window = FixedWindow(config.connections_delete_limit, seconds)
@@ -134,7 +149,11 @@ class SimulatorState:
         self.rules_log: list[RulesRequestRecord] = []
         # Faults injected while no stream is open wait for the next stream.
         self.pending_faults: list[Fault] = []
+        # recovery_cut faults injected while no recovery stream is open wait for the next.
+        self.pending_recovery_faults: list[Fault] = []
         self.sessions: list[StreamSession] = []
+        self.feed: Feed | None = None  # the timeline (set by Feed)
+        self.recovery_sent = 0  # tweets sent on recovery streams so far
         # Sessions whose stream has ended but whose socket is still being closed.
         self.closing: set[StreamSession] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -147,7 +166,7 @@ class SimulatorState:
 
     def record_tweets(self, ids: list[str], lines: list[bytes]) -> None:
         with self.lock:
-            self.sent.add(ids, lines, time.time())
+            self.sent.add(ids, lines)
             self.sent_changed.notify_all()
 
     def record_line(self, kind: str, line: bytes) -> None:
@@ -185,6 +204,16 @@ class SimulatorState:
 
     def inject(self, fault: Fault) -> None:
         with self.lock:
+            if fault.kind == "recovery_cut":
+                # Only recovery streams take it: the open ones, else the next one.
+                recovering = [s for s in self.sessions if not s.finished and s.recovery]
+                if not recovering:
+                    self.pending_recovery_faults.append(fault)
+                    return
+                for session in recovering:
+                    session.faults.append(fault)
+                self.wake_all()
+                return
             sessions = [s for s in self.sessions if not s.finished]
             if not sessions:
                 self.pending_faults.append(fault)
@@ -193,9 +222,14 @@ class SimulatorState:
                 session.faults.append(fault)
         self.wake_all()
 
-    def take_pending_faults(self) -> list[Fault]:
+    def take_pending_faults(self, recovery: bool = False) -> list[Fault]:
+        """The faults waiting for the next stream: for a live stream the stream faults, for
+        a recovery stream the recovery_cut faults."""
         with self.lock:
-            faults, self.pending_faults = self.pending_faults, []
+            if recovery:
+                faults, self.pending_recovery_faults = self.pending_recovery_faults, []
+            else:
+                faults, self.pending_faults = self.pending_faults, []
             return faults
 
     def inject_connect(self, fault: ConnectFault, count: int) -> None:

@@ -19,8 +19,9 @@ import orjson
 from streamd.simulator import connections, problems
 from streamd.simulator.connection import ConnectionControl
 from streamd.simulator.connections import Connection
+from streamd.simulator.endpoints import FILTERED_PATH, STREAM_ENDPOINTS, Share
 from streamd.simulator.faults import Fault
-from streamd.simulator.feed import Event, Feed
+from streamd.simulator.feed import Cursor, Event, Feed
 from streamd.simulator.state import SimulatorState
 from streamd.simulator.tweets import FieldSelection
 
@@ -74,8 +75,10 @@ class StreamSession:
         use_gzip: bool,
         backfill_minutes: int = 0,
         recovery: tuple[float, float] | None = None,
+        share: Share | None = None,
     ) -> None:
         self.state = state
+        self.share = share if share is not None else Share(STREAM_ENDPOINTS[FILTERED_PATH])
         self.feed = feed
         self.selection = selection
         self.host = state.config.problem_host
@@ -84,6 +87,7 @@ class StreamSession:
         self.faults: collections.deque[Fault] = collections.deque()
         self.wake = asyncio.Event()
         self.finished = False
+        self.closed = asyncio.Event()  # set once the end has been sent (or dropped)
         self.kicked = False
         # The connection this stream is (set when its 200 is decided), and how to end it
         # once it is terminated through the Connections API (a terminate_ending).
@@ -92,6 +96,15 @@ class StreamSession:
         self.client_gone = asyncio.Event()
         self.backfill_minutes = backfill_minutes
         self.recovery = recovery
+        # Set when the clock is advanced: the stream sends what was created before (up to
+        # this timeline position), then ends with this reason.
+        self._stop_at: int | None = None
+        self._stop_reason = connections.CLOCK_ADVANCED
+        self._window_sent = 0  # tweets of the backfill/recovery window sent so far
+        self._cursor: Cursor | None = None  # set by admit
+        self._admitted_at = 0.0
+        self._window_began: float | None = None  # monotonic, for recovery_rate
+        self._window: list[Event] = []
         self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if use_gzip else None
         self._heads = feed.heads_for(selection, self.host)
         self._last_write = time.monotonic()
@@ -117,6 +130,28 @@ class StreamSession:
         if ending not in _OPERATOR_ENDS:
             raise ValueError(f"unknown terminate_ending {ending!r}")
         self._operator_end = ending
+        self.state.call_in_loop(self.wake.set)
+
+    def admit(self, now: float) -> None:
+        """The connect is answered 200 at `now` (simulated clock): what exists by then is
+        the backfill or recovery window, what is created after is live. Under the state's
+        lock, with the connection record opened at the same `now`."""
+        with self.state.lock:
+            feed = self.feed
+            self._admitted_at = now
+            self._cursor = feed.open_cursor(now)
+            if self.recovery is not None:
+                self._window = feed.window(*self.recovery, self.share,
+                                           upto=self._cursor.position)
+            elif self.backfill_minutes:
+                self._window = feed.window(now - self.backfill_minutes * 60, now, self.share,
+                                           upto=self._cursor.position)
+
+    def stop_at(self, position: int, reason: str) -> None:
+        """End once everything before timeline `position` is sent (cleanly, as `reason`);
+        under the state's lock, from any thread: what is created later is never read."""
+        self._stop_at = position
+        self._stop_reason = reason
         self.state.call_in_loop(self.wake.set)
 
     # --- writing ------------------------------------------------------------------------
@@ -158,17 +193,20 @@ class StreamSession:
 
     async def run(self, receive: ASGIReceive) -> None:
         watcher = asyncio.ensure_future(self._watch_disconnect(receive))
-        cursor = self.feed.open_cursor()
         how = "end"
         reason: str | None = connections.SERVER_DISCONNECT
+        state = self.state
+        if self._cursor is None:
+            self.admit(state.clock.now())
+        cursor, window = self._cursor, self._window
+        assert cursor is not None
+        self._window = []
         try:
-            for fault in self.state.take_pending_faults():
+            for fault in state.take_pending_faults(recovery=self.recovery is not None):
                 self.faults.append(fault)
-            if self.backfill_minutes:
-                now = time.time()
-                await self._replay_window(now - self.backfill_minutes * 60, now)
+            await self._send_window(window)
             if self.recovery is not None:
-                await self._replay_window(*self.recovery)
+                await self._recovery_tail(cursor)
                 raise _StreamEnded("end", connections.RECOVERY_COMPLETE)
             while True:
                 await self._step(cursor)
@@ -178,22 +216,22 @@ class StreamSession:
             how, reason = "gone", None
         finally:
             self.finished = True
-            self.feed.close_cursor(cursor)
-            with self.state.lock:
-                if self in self.state.sessions:
-                    self.state.sessions.remove(self)
+            with state.lock:
+                if self in state.sessions:
+                    state.sessions.remove(self)
                 # Before the client can see the end: one that reconnects at once finds the
                 # slot free (unless its connection stays a zombie).
                 if self.connection is not None:
-                    self.state.connections.stream_ended(self.connection, reason)
+                    state.connections.stream_ended(self.connection, reason)
                 # Still holding a socket until _finish returns: the simulator's stop aborts
                 # it if it takes long (a final send to a reader that stopped reading).
-                self.state.closing.add(self)
+                state.closing.add(self)
             try:
                 await self._finish(how)
             finally:
-                with self.state.lock:
-                    self.state.closing.discard(self)
+                with state.lock:
+                    state.closing.discard(self)
+                self.closed.set()
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
@@ -255,7 +293,7 @@ class StreamSession:
         64 KiB, so a client's every network read inflates to tens of MB at once (1 MiB
         compresses to about 1 KB). One sync flush at the end, then the stream goes on as
         before. Recorded as one summary line, not as what it inflates to."""
-        tweet_id = str(self.feed.ids.next_block(1))
+        tweet_id = self.feed.next_id()
         compressor = self._compressor
         gzipped = " gzip" if compressor is not None else " (no gzip: sent as is)"
         summary = f"{fault.inflated_mb} MiB of {fault.shape}{gzipped}"
@@ -280,15 +318,104 @@ class StreamSession:
             await self.conn.flushed(limit)
         await asyncio.sleep(0.02)
 
-    async def _replay_window(self, start: float, end: float) -> None:
-        with self.state.lock:
-            ids, lines = self.state.sent.between(start, end)
-        for offset in range(0, len(lines), 256):
-            await self._send_tweets(ids[offset : offset + 256], lines[offset : offset + 256])
+    async def _send_window(self, window: list[Event]) -> None:
+        """The backfill or recovery window, oldest first, in batches (a recovery at
+        `recovery_rate`); between batches the injected faults act (a recovery_cut after its
+        count of tweets)."""
+        position = 0
+        if self._window_began is None:
+            self._window_began = time.monotonic()
+        began = self._window_began
+        while position < len(window):
+            await self._check_open()
+            cut: Fault | None = None
+            deferred: list[Fault] = []
+            while self.faults:
+                fault = self.faults.popleft()
+                if fault.kind == "recovery_cut":
+                    deferred.append(fault)
+                    if cut is None:
+                        cut = fault
+                    continue
+                await self._apply(fault)
+            self.faults.extend(deferred)
+            size = min(256, len(window) - position)
+            if cut is not None:
+                if self._window_sent >= cut.after:
+                    self.faults.remove(cut)
+                    await self._cut(cut)
+                size = min(size, cut.after - self._window_sent)
+            rate = self.state.settings.recovery_rate
+            if self.recovery is not None and not math.isinf(rate):
+                size = min(size, max(1, int(rate / 20)))
+                if await self._pace(began + self._window_sent / rate):
+                    continue  # waited: faults and the client first
+            await self._send_events(window[position : position + size])
+            position += size
+            self._window_sent += size
+            if self.recovery is not None:
+                self.state.recovery_sent += size
 
-    async def _step(self, cursor: Any) -> None:
+    async def _recovery_tail(self, cursor: Cursor) -> None:
+        """A recovery whose end_time was still ahead when it connected: wait (with
+        heartbeats) until the clock passes it, then send what of the window was created
+        meanwhile."""
+        assert self.recovery is not None
+        start, end = self.recovery
+        clock = self.state.clock
+        if end <= self._admitted_at:
+            return  # the whole window existed at the connect
+        while (left := end - clock.now()) > 0:
+            await self._check_open()
+            heartbeat = self.state.settings.heartbeat_interval
+            idle = time.monotonic() - self._last_write
+            if idle >= heartbeat:
+                await self._write(b"\r\n")
+                idle = 0.0
+            await self._sleep(min(left, heartbeat - idle))
+        await self._send_window(self.feed.window(start, end, self.share,
+                                                 after=cursor.position))
+
+    async def _check_open(self) -> None:
+        """Raise _StreamEnded if the client went away, the simulator stops or the
+        connection was terminated."""
         if self.client_gone.is_set():
             raise _StreamEnded("gone")
+        if self.state.stopping:
+            raise _StreamEnded("end", connections.SERVER_SHUTDOWN)
+        if self._operator_end is not None:
+            await self._apply(_OPERATOR_ENDS[self._operator_end])
+        if self.kicked:
+            raise _StreamEnded("end", connections.DUPLICATE_CONNECTION)
+
+    async def _pace(self, due: float) -> bool:
+        """Wait until `due` (monotonic), with heartbeats; True if it waited."""
+        now = time.monotonic()
+        if now >= due:
+            return False
+        heartbeat = self.state.settings.heartbeat_interval
+        idle = now - self._last_write
+        if idle >= heartbeat:
+            await self._write(b"\r\n")
+            idle = 0.0
+        await self._sleep(min(due - now, heartbeat - idle))
+        return True
+
+    async def _cut(self, fault: Fault) -> None:
+        """recovery_cut: the recovery stream ends before its window is sent."""
+        if fault.notice:
+            problem = problems.operational_disconnect(self.host, "OperationalDisconnect")
+            await self._send_other("operational_disconnect", orjson.dumps({"errors": [problem]}))
+        raise _StreamEnded(_ENDS[fault.end], connections.SERVER_DISCONNECT)
+
+    async def _step(self, cursor: Cursor) -> None:
+        if self.client_gone.is_set():
+            raise _StreamEnded("gone")
+        stop_at = self._stop_at
+        if stop_at is not None:
+            self._stall_until = 0.0  # an advance ends a stalled stream too, at once
+            if self.feed.at_end(cursor, stop_at):
+                raise _StreamEnded("end", self._stop_reason)
         if self._operator_end is not None:
             # Terminated: its connection is already inactive (operator_disconnect).
             await self._apply(_OPERATOR_ENDS[self._operator_end])
@@ -318,7 +445,7 @@ class StreamSession:
             self._swap_next
         )
         wanted = 2 if self._swap_next else 1 if modifiers else self._batch
-        events = self.feed.pull(cursor, wanted, limit)
+        events = self.feed.pull(cursor, wanted, limit, self.share, upto=stop_at)
         if events:
             if modifiers:
                 await self._send_modified(events)
@@ -333,7 +460,12 @@ class StreamSession:
             await self._write(b"\r\n")
             idle = 0.0
         wait = heartbeat - idle
-        token_in = self.feed.seconds_to_next_token()
+        if stop_at is not None:
+            return  # what is left before the stop position is not of this share
+        if not self.feed.at_end(cursor, None):
+            await asyncio.sleep(0)  # a sparse share: more of the timeline to look through
+            return
+        token_in = self.feed.seconds_to_next_tweet()
         if token_in is not None:
             wait = min(wait, max(token_in, 0.002))
         with self.state.lock:
@@ -351,7 +483,8 @@ class StreamSession:
         self.wake.clear()
 
     def _render(self, event: Event) -> bytes:
-        return self.feed.render(event, self._heads, self.selection, self.host)
+        return self.feed.render(event, self._heads, self.selection, self.host,
+                                filtered=self.share.filtered)
 
     async def _send_events(self, events: list[Event]) -> None:
         ids: list[str] = []
@@ -454,6 +587,8 @@ class StreamSession:
         if kind == "gzip_bomb":
             await self._send_bomb(fault)
             return
+        if kind == "recovery_cut":
+            return  # for recovery streams only (_send_window)
         if kind == "malformed":
             for number in range(fault.count):
                 line = _MALFORMED_LINES[number % len(_MALFORMED_LINES)]
@@ -471,7 +606,7 @@ class StreamSession:
             await self._send_tweets([tweet_id] * fault.count, [line] * fault.count)
             return
         if kind == "unknown_message":
-            message = {"foo_event": {"id": str(self.feed.ids.next_block(1)), "kind": "preview",
+            message = {"foo_event": {"id": self.feed.next_id(), "kind": "preview",
                                      "note": "a message type this client has never seen"}}
             await self._send_other("unknown_message", orjson.dumps(message))
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 
 def iso_from_ms(epoch_ms: int) -> str:
@@ -10,5 +11,5 @@ def iso_from_ms(epoch_ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
-def iso_now() -> str:
-    return iso_from_ms(int(time.time() * 1000))
+def iso_now(clock: Callable[[], float] = time.time) -> str:
+    return iso_from_ms(int(clock() * 1000))

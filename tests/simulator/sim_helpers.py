@@ -98,11 +98,11 @@ class LineReader:
 @contextmanager
 def open_stream(
     sim: Simulator, params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
-    raw: bool = False,
+    raw: bool = False, path: str = STREAM,
 ) -> Iterator[tuple[httpx.Response, LineReader]]:
     with httpx.Client(base_url=sim.url, timeout=httpx.Timeout(10.0, read=30.0)) as client:
         request_headers = {**AUTH, **(headers or {})}
-        with client.stream("GET", STREAM, params=params, headers=request_headers) as response:
+        with client.stream("GET", path, params=params, headers=request_headers) as response:
             reader = LineReader(response, raw=raw) if response.status_code == 200 else None
             try:
                 yield response, reader  # type: ignore[misc]

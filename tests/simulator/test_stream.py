@@ -189,17 +189,23 @@ def test_usage_cap_ends_streams_then_429(make_simulator: Callable[..., Simulator
 def test_backfill_replays_recent_tweets_as_duplicates(
     make_simulator: Callable[..., Simulator],
 ) -> None:
+    """The last minutes of the timeline, oldest first, what the client already had included
+    (X does not deduplicate), and what was created while it was away."""
     sim = make_simulator(tier="enterprise", match_all=True, tweets_per_second=200.0)
     sim.add_rules([("cat", None)])
     with open_stream(sim) as (_, reader):
         reader.wait_tweets(10)
     assert sim.wait_connections(0, 3.0)
-    before = [s.id for s in sim.sent_tweets()]
+    time.sleep(0.1)  # tweets go on being created with nobody connected
     sim.set_rate(0.0)
+    before = [s.id for s in sim.sent_tweets()]
+    created = [t.id for t in sim.timeline()]
+    assert created[: len(before)] == before
+    assert len(created) > len(before)
     with open_stream(sim, {"backfill_minutes": "1"}) as (_, reader):
-        replayed = reader.wait_tweets(len(before))
-    assert [t["data"]["id"] for t in replayed][: len(before)] == before
-    assert [s.id for s in sim.sent_tweets()] == before + before
+        replayed = reader.wait_tweets(len(created))
+    assert [t["data"]["id"] for t in replayed] == created
+    assert [s.id for s in sim.sent_tweets()] == before + created
 
 
 def test_replay_file(make_simulator: Callable[..., Simulator], tmp_path: Path) -> None:
@@ -289,11 +295,12 @@ def test_start_time_recovery_replays_the_window_then_closes(
     with open_stream(sim) as (_, reader):
         reader.wait_tweets(5)
     assert sim.wait_connections(0, 3.0)
-    sent = [s.id for s in sim.sent_tweets()]
+    sim.set_rate(0.0)
+    created = [t.id for t in sim.timeline()]
     start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
     with open_stream(sim, {"start_time": start}) as (_, reader):
         assert reader.wait_end(3.0)
-    assert [t["data"]["id"] for t in reader.tweets()] == sent
+    assert [t["data"]["id"] for t in reader.tweets()] == created
 
 
 def test_many_keyword_rules_match_quickly(make_simulator: Callable[..., Simulator]) -> None:
