@@ -1,6 +1,6 @@
 """`python -m bench [--quick] [--out FILE] [PART ...]`
 
-PARTs: e2e, ceilings, peers, latency, memory, profile (default: all, in that order; the
+PARTs: e2e, ceilings, peers, stages, latency, memory, profile (default: all, in that order; the
 heavy phases run one after another). A full run writes bench/RESULTS.md; a quick or partial
 run writes to a temporary file unless --out is given, so the committed results stay those
 of a full run. The markdown is printed either way.
@@ -20,12 +20,14 @@ from bench import env, report
 from bench.latency import latency
 from bench.memory import memory
 from bench.profile import summarise
+from bench.stages import capture as stage_capture
+from bench.stages import measure as stage_split
 from bench.throughput import ceilings as run_ceilings
 from bench.throughput import e2e, py_spy_binary
 from bench.throughput import peers as run_peers
 from streamd.dev.broker import LocalBroker
 
-PARTS = ("e2e", "ceilings", "peers", "latency", "memory", "profile")
+PARTS = ("e2e", "ceilings", "peers", "stages", "latency", "memory", "profile")
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
@@ -66,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
                 results["ceilings"] = run_ceilings(broker, n, workdir)
             if "peers" in parts:
                 _log("peers: tweepy, twarc2")
-                results["peers"] = run_peers(n, workdir)
+                results["peers"] = run_peers(broker, n, workdir)
+            if "stages" in parts:
+                _log("stages: the daemon's CPU split per stage, codecs")
+                results["stages"] = stage_split(stage_capture(20_000, workdir))
             if "latency" in parts:
                 _log("latency: 2,000 and 20,000 tweets/s")
                 results["latency"] = latency(

@@ -24,7 +24,8 @@ QUANTILES = (0.5, 0.99, 0.999)
 
 
 def latency(broker: LocalBroker, workdir: Path, *, rates: tuple[float, ...] = (2_000, 20_000),
-            seconds: float = 20, warmup: float = 3) -> dict[str, Any]:
+            seconds: float = 20, warmup: float = 3,
+            env: dict[str, str] | None = None) -> dict[str, Any]:
     name = f"latency-{time.time_ns()}"
     topic = new_topic(broker, name)
     samples_path = workdir / f"{name}.samples"
@@ -34,7 +35,7 @@ def latency(broker: LocalBroker, workdir: Path, *, rates: tuple[float, ...] = (2
         config = workdir / f"{name}.toml"
         config.write_text(daemon_config(sim.url, broker.bootstrap, topic, workdir))
         daemon = DaemonProc(config, module="bench.latency_shim",
-                            env={"BENCH_LATENCY_OUT": str(samples_path)})
+                            env={"BENCH_LATENCY_OUT": str(samples_path), **(env or {})})
         try:
             daemon.wait_connected()
             for rate in rates:

@@ -14,7 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.rig import DaemonProc, RssSampler, daemon_config, load_average, new_topic, simulator
+from bench.rig import (
+    DaemonProc,
+    RssSampler,
+    daemon_config,
+    load_average,
+    new_topic,
+    simulator,
+    topic_keys,
+)
 from streamd.dev.broker import LocalBroker
 
 BASE_RATE = 2_000
@@ -92,6 +100,9 @@ def memory(broker: LocalBroker, workdir: Path, *, baseline: float = 5, burst: fl
             ]
         finally:
             daemon.terminate()
+    # What Kafka holds: every tweet read (less duplicates dropped) must be there, once or
+    # (at least once) more.
+    records, keys = topic_keys(broker.bootstrap, topic)
     series = [(round(at - t0, 1), round(mb, 1)) for at, mb in sampler.samples]
     return {
         "burst": {"before": _window(sampler, t0, t_burst),
@@ -108,6 +119,8 @@ def memory(broker: LocalBroker, workdir: Path, *, baseline: float = 5, burst: fl
         "published": int(metrics.get("streamd_tweets_published_total", 0)),
         "duplicates": int(metrics.get("streamd_duplicates_dropped_total", 0)),
         "published_at_pause": published_at_pause,
+        "topic_records": records,
+        "topic_distinct": len(keys),
         "spool_peak": max((v for k, v in spool_series), default=0),
         "disconnects": disconnects,
         "events_in_pause": dict(collections.Counter(_event_name(e) for e in pause_events)),

@@ -118,22 +118,62 @@ def simulator(*, rate: float, total: int | None, workdir: Path,
 # --- the daemon --------------------------------------------------------------------------
 
 
-def daemon_config(api_url: str, bootstrap: str, topic: str, workdir: Path) -> str:
-    """The production defaults (zstd, linger 5 ms, acks=all, queue 10k), pointed at the
-    simulator and Tansu (no idempotence: Tansu's memory store lacks it)."""
+def default_compression() -> str:
+    """The daemon's kafka.compression default (what `streamd run` uses unless told)."""
+    from streamd.config import Settings
+
+    return str(Settings.model_validate({"x": {"bearer_token": TOKEN}}).kafka.compression)
+
+
+def daemon_config(api_url: str, bootstrap: str, topic: str, workdir: Path, *,
+                  compression: str | None = None) -> str:
+    """The production defaults (kafka.compression, linger 5 ms, acks=all, queue 10k),
+    pointed at the simulator and Tansu (no idempotence: Tansu's memory store lacks it).
+    `compression` overrides the default (A/B runs)."""
     config: dict[str, dict[str, Any]] = {
         "x": {"api_url": api_url, "bearer_token": TOKEN, "tweet_fields": TWEET_FIELDS,
               "expansions": EXPANSIONS, "user_fields": USER_FIELDS,
               "media_fields": MEDIA_FIELDS},
         "rules": {"mode": "off"},
         "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "dlq_topic": f"{topic}.dlq",
-                  "enable_idempotence": False, "compression": "zstd", "linger_ms": 5,
-                  "acks": "all"},
+                  "enable_idempotence": False, "linger_ms": 5, "acks": "all"},
         "spool": {"dir": str(workdir / f"{topic}.spool")},
         "http": {"listen": "127.0.0.1:0"},
         "log": {"level": "info", "format": "json"},
     }
+    if compression is not None:
+        config["kafka"]["compression"] = compression
     return toml_text(config)
+
+
+def topic_keys(bootstrap: str, topic: str, timeout: float = 120.0) -> tuple[int, set[bytes]]:
+    """(records, distinct keys) on `topic`, read to its high watermarks by confluent-kafka
+    (an independent client): the loss check counts what Kafka holds, not what the daemon
+    says it published."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"bench-verify-{time.monotonic_ns()}",
+        "enable.auto.commit": False, "auto.offset.reset": "earliest",
+    })
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in meta.topics[topic].partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        want = sum(ends.values())
+        records = 0
+        keys: set[bytes] = set()
+        deadline = time.monotonic() + timeout
+        while records < want and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, 0.5):
+                if msg.error():
+                    continue
+                records += 1
+                keys.add(msg.key())
+        return records, keys
+    finally:
+        consumer.close()
 
 
 def new_topic(broker: LocalBroker, name: str) -> str:
@@ -156,12 +196,19 @@ class DaemonProc(DaemonProcess):
         env = dict(env or {})
         # A/B runs: the daemon (only the daemon; the bench, simulator and broker stay this
         # checkout's) from another source tree, e.g. a `git worktree` of an older commit.
-        other = os.environ.get(DAEMON_TREE_ENV)
+        other = env.pop(DAEMON_TREE_ENV, None) or os.environ.get(DAEMON_TREE_ENV)
         if other:
+            # The other tree first (its streamd), then this checkout (bench, for the
+            # latency shim).
+            here = str(Path(__file__).resolve().parent.parent)
             env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (other, os.environ.get("PYTHONPATH")) if p)
+                p for p in (other, here, os.environ.get("PYTHONPATH")) if p)
+            # `python -m` puts the working directory first on sys.path, ahead of
+            # PYTHONPATH: without this, this checkout's streamd would shadow the other.
+            env["PYTHONSAFEPATH"] = "1"
         self.connected_at: float | None = None
         self.cpu_at_connect: float | None = None
+        self.system_at_connect = 0.0
         self.wait_at_connect = 0.0
         self._connected = threading.Event()
         self._ps: psutil.Process | None = None
@@ -174,6 +221,7 @@ class DaemonProc(DaemonProcess):
             self.connected_at = received_at
             ps = self._ps or psutil.Process(self.proc.pid)
             self.cpu_at_connect = cpu_seconds(ps)
+            self.system_at_connect = system_seconds(ps)
             self.wait_at_connect = runqueue_wait_seconds(self.proc.pid)
             self._connected.set()
 
@@ -191,6 +239,12 @@ class DaemonProc(DaemonProcess):
 def cpu_seconds(ps: psutil.Process) -> float:
     times = ps.cpu_times()
     return float(times.user + times.system)
+
+
+def system_seconds(ps: psutil.Process) -> float:
+    """The kernel's share (socket reads and writes: on loopback the receiver's TCP work is
+    done in the sender's time)."""
+    return float(ps.cpu_times().system)
 
 
 def runqueue_wait_seconds(pid: int) -> float:

@@ -67,15 +67,32 @@ class Deduplicator:
         for all of them. A repeat inside the batch is a duplicate too."""
         now = self._clock()
         self._expire(now)
-        seen = self._seen
+        seen, order, max_ids = self._seen, self._order, self._max_ids
         out: list[bool] = []
+        repeat = out.append
+        marked = bool(self._marks) and now - self._marks[-1][0] < 1.0
+        added = self._added
+        # _add, inlined (this loop runs per tweet): one mark at most per call, since `now`
+        # is the same for every id of the read.
         for tweet_id in tweet_ids:
-            key = _key(tweet_id)
-            if key in seen:
-                out.append(True)
+            if tweet_id.isascii() and tweet_id.isdigit() and len(tweet_id) <= 19:
+                key: _Key = int(tweet_id)
             else:
-                self._add(key, now)
-                out.append(False)
+                key = tweet_id
+            if key in seen:
+                repeat(True)
+                continue
+            if not marked:
+                self._marks.append((now, added))
+                marked = True
+            seen.add(key)
+            order.append(key)
+            added += 1
+            if len(order) > max_ids:
+                seen.discard(order.popleft())
+                self._dropped += 1
+            repeat(False)
+        self._added = added
         return out
 
     def _add(self, key: _Key, now: float) -> None:
