@@ -13,15 +13,17 @@ Every change of state, the daemon's own and the parts', is announced on `changes
 (`streamd.flow.Changes`): the status task waits on it instead of polling.
 
 This module knows neither the reader nor the publisher (it sits below them): they satisfy
-`StreamSide` and `KafkaSide` by their attributes.
+`StreamSide` and `KafkaSide` by their attributes; with `ha.mode = "kafka"` the leadership
+(streamd.ha) satisfies `HaSide`.
 """
 
 from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from streamd.flow import Changes
 from streamd.reasons import ExitCode
@@ -62,6 +64,25 @@ class KafkaSide(Protocol):
     def stats(self) -> _Counts: ...
 
 
+class HaSide(Protocol):
+    """What the state reads of the election (ha.mode = "kafka", streamd.ha)."""
+
+    @property
+    def role(self) -> str:
+        """"leader", "standby", or "joining" (not a member yet, or Kafka does not answer)."""
+        ...
+    @property
+    def in_group(self) -> bool:
+        """A member that heard from the group coordinator within ha.session_timeout."""
+        ...
+    @property
+    def group(self) -> str: ...
+
+
+# /readyz's answer for a healthy standby: 200, so that rollouts do not wait for it.
+STANDBY_READY: Final[Mapping[str, str]] = {"role": "standby"}
+
+
 class Phase(enum.Enum):
     """The lifecycle's phases, in order (streamd.daemon runs them)."""
 
@@ -82,6 +103,7 @@ class DaemonState:
     phase: Phase = Phase.STARTING
     stream: StreamSide | None = None
     kafka: KafkaSide | None = None
+    ha: HaSide | None = None  # ha.mode = "kafka" only
     # The start-up sync put the configured rules in place (or rules.mode is "off").
     rules_synced: bool = False
     # >0 while a rules sync runs: busy with or deliberately waiting on the rules endpoints.
@@ -129,11 +151,19 @@ class DaemonState:
     def stopping(self) -> bool:
         return self.phase in (Phase.STOPPING, Phase.STOPPED)
 
-    def readiness(self) -> str | None:
-        """/readyz: None when ready, else the reason (README "Metrics, health and alerts")."""
+    def readiness(self) -> str | Mapping[str, str] | None:
+        """/readyz: None when ready, else the reason (README "Metrics, health and alerts").
+        A healthy standby (in the group, Kafka acknowledging) is ready too: STANDBY_READY."""
         stream, kafka = self.stream, self.kafka
         if stream is None or kafka is None:
             return "starting"
+        ha = self.ha
+        if ha is not None and ha.role != "leader":
+            if not ha.in_group:
+                return "not_in_group"
+            if not kafka.available:
+                return "kafka_unavailable"
+            return STANDBY_READY
         if stream.usage_capped:
             return "usage_cap"
         if not stream.connected:
@@ -146,10 +176,12 @@ class DaemonState:
         """READY=1 once tweets can flow or the daemon is deliberately waiting on X (rules
         synced, stream connected, a retry scheduled): a start-up that waits out an X
         outage must not fail the unit."""
-        stream = self.stream
+        stream, ha = self.stream, self.ha
         return stream is not None and (
             stream.connected or self.rules_synced or stream.in_backoff
             or self.rules_waiting is not None
+            # A standby waits on purpose for leadership (or for Kafka, to join).
+            or (ha is not None and ha.role != "leader")
         )
 
     def status_line(self) -> str:
@@ -158,8 +190,13 @@ class DaemonState:
         if stream is None or kafka is None:
             return "starting"
         counts = f"received {stream.received}, published {kafka.stats.published}"
+        ha = self.ha
         if self.stopping:
             what = "stopping"
+        elif ha is not None and ha.role != "leader":
+            what = (f"standby in group {ha.group}" if ha.in_group else
+                    f"standby, not in group {ha.group}: Kafka's group coordinator does not "
+                    "answer")
         elif stream.connected:
             what = "streaming"
         elif self.rules_waiting is not None:
@@ -179,6 +216,8 @@ class DaemonState:
         stream = self.stream
         if stream is None:
             return False
+        if self.ha is not None and self.ha.role != "leader":
+            return True  # a standby reads nothing: it waits for leadership on purpose
         return stream.in_backoff or self.rules_busy > 0 or (
             time.monotonic() - stream.last_progress < self.quiet_limit
         )

@@ -30,7 +30,7 @@ import http
 import resource
 import socket
 import urllib.parse
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +47,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Returns None when ready, else a short machine-readable reason.
-ReadinessProbe = Callable[[], str | None]
+# Returns None when ready, else a short machine-readable reason; a mapping is a ready answer
+# of its own (200 with that JSON body: a standby's {"role": "standby"}).
+ReadinessProbe = Callable[[], str | Mapping[str, str] | None]
 
 _log = get_logger(__name__)
 
@@ -98,6 +99,8 @@ class OpsApp:
             reason = self._readiness()
             if reason is None:
                 await _respond(send, 200, b'{"status":"ready"}')
+            elif not isinstance(reason, str):
+                await _respond(send, 200, orjson.dumps(dict(reason)))
             else:
                 await _respond(send, 503, orjson.dumps({"status": "not ready", "reason": reason}))
         else:
