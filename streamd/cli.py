@@ -73,6 +73,10 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("streamd connections terminate --own -c streamd.toml",
          "end the connection a crashed streamd left (asks first on a terminal)"),
     ),
+    "recover": (
+        ("streamd recover --start 2026-12-01T10:00:00Z --end 2026-12-01T12:30:00Z "
+         "-c streamd.toml", "X re-streams that window into kafka.topic; exit 0 when complete"),
+    ),
     "connections list": (
         ("streamd connections list -c streamd.toml", "who holds the app's connection slots"),
         ("streamd connections list --all --json -c streamd.toml",
@@ -155,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     terminate.add_argument("--yes", action="store_true",
                            help="do not ask for confirmation on a terminal")
     _config_option(terminate)
+
+    recover = commands.add_parser(
+        "recover", help="re-stream a past window (at most 24 h back) into the topic")
+    recover.add_argument("--start", required=True, metavar="RFC3339",
+                         help="the window's start, e.g. 2026-12-01T10:00:00Z")
+    recover.add_argument("--end", required=True, metavar="RFC3339",
+                         help="the window's end (not in the future)")
+    _config_option(recover)
 
     # Listed for --help only; main() hands their argv over before argparse sees it.
     commands.add_parser("simulate", help="run the bundled X API simulator", add_help=False)
@@ -286,6 +298,8 @@ def _dispatch(argv: list[str]) -> int:
         "rules": lambda: _rules(settings, args),
         "check": lambda: _check(settings, args),
         "connections": lambda: _connections(settings, args),
+        "recover": lambda: _entry_point("streamd.commands.recover", "recover_command")(
+            settings, args.start, args.end),
     }
     return handlers[args.command]()
 

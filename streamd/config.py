@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import stat
 import tomllib
 import types
@@ -38,6 +39,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from streamd.endpoints import ENDPOINTS, Endpoint, partition_from_hostname
 from streamd.errors import ConfigError, MissingSecretError
 from streamd.ops.terminal import printable
 
@@ -360,6 +362,44 @@ class StreamSettings(_Section):
     backfill_minutes: int = Field(default=0, ge=0, le=5)
     max_line_bytes: int = Field(default=1_048_576, ge=1024)
     queue_size: int = Field(default=10_000, ge=1)
+    # Which stream (README "Enterprise streams"); the partition validator reads these two.
+    endpoint: Annotated[
+        Literal["filtered", "sample", "sample10", "firehose", "firehose_en", "firehose_ja",
+                "firehose_ko", "firehose_pt"],
+        BeforeValidator(_lower),
+    ] = "filtered"
+    partition_from: Literal["", "hostname"] = ""
+    partition: int = Field(default=0, ge=0, le=20)
+    connections: int = Field(default=1, ge=1, le=2)
+    recovery: Annotated[Literal["off", "auto"], BeforeValidator(_lower)] = "off"
+    max_recovery_hours: float = Field(default=24.0, gt=0, le=24)
+
+    @field_validator("partition")
+    @classmethod
+    def _check_partition(cls, value: int, info: ValidationInfo) -> int:
+        endpoint = ENDPOINTS[info.data.get("endpoint", "filtered")]
+        if info.data.get("partition_from") == "hostname":
+            hostname = os.environ.get("HOSTNAME") or socket.gethostname()
+            derived = partition_from_hostname(hostname)
+            if derived is None:
+                raise ValueError(
+                    f'stream.partition_from = "hostname" needs a host name ending in '
+                    f"-<ordinal> (a StatefulSet pod: streamd-0 is partition 1); this host is "
+                    f"{hostname!r}")
+            value = derived
+        if endpoint.partitions == 0:
+            if value:
+                raise ValueError(f"stream.endpoint = {endpoint.name!r} has no partitions: "
+                                 "leave stream.partition at 0")
+            return value
+        if not 1 <= value <= endpoint.partitions:
+            raise ValueError(f"stream.endpoint = {endpoint.name!r} needs a partition from 1 "
+                             f"to {endpoint.partitions} (got {value})")
+        return value
+
+    @property
+    def stream(self) -> Endpoint:
+        return ENDPOINTS[self.endpoint]
 
 
 @pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid", hide_input_in_errors=True))
@@ -449,7 +489,8 @@ class KafkaSettings(_Section):
     # moment for acks, then go to the spool: memory stays flat however long Kafka stalls.
     max_in_flight_bytes: int = Field(default=4_194_304, ge=65_536)
     client_id: str = Field(default="streamd", min_length=1)
-    ce_source: str = Field(default="https://api.x.com/2/tweets/search/stream", min_length=1)
+    # Unset: the stream's own URL, with its partition (Settings.ce_source).
+    ce_source: str | None = Field(default=None, min_length=1)
     # One timeout per phase, in seconds: a produce request's answer
     # (aiokafka's request_timeout_ms); the publisher's own wait for a batch's ack, or for
     # aiokafka to take a batch, before it keeps the records itself (spools them); starting
@@ -673,6 +714,36 @@ class LogSettings(_Section):
     format: Annotated[Literal["json", "console"], BeforeValidator(_lower)] = "json"
 
 
+# --- [ha]: high availability (README "High availability"; streamd/ha) ---------------------
+# Kafka's legal topic names (kafka.common.internals.Topic): at most 249 of these characters.
+_KAFKA_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+class HaSettings(_Section):
+    # "kafka": the instances sharing ha.group elect one leader through Kafka's group protocol;
+    # only the leader reads X. "off": this instance reads X whenever it runs.
+    mode: Annotated[Literal["off", "kafka"], BeforeValidator(_lower)] = "off"
+    group: str = Field(default="streamd", min_length=1, max_length=255)
+    topic: str = Field(default="streamd.leader", min_length=1)
+    # Seconds without a heartbeat before Kafka replaces a silent leader. Kafka refuses less
+    # than its group.min.session.timeout.ms (6 s by default) and more than 30 minutes.
+    session_timeout: float = Field(default=10.0, ge=6, le=1800)
+
+    @field_validator("group")
+    @classmethod
+    def _check_group(cls, value: str) -> str:
+        if not value.isprintable() or value != value.strip():
+            raise ValueError("must be printable, without leading or trailing spaces")
+        return value
+
+    @field_validator("topic")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        if not _KAFKA_TOPIC.fullmatch(value) or value in (".", ".."):
+            raise ValueError("must be a Kafka topic name: 1 to 249 of A-Z a-z 0-9 . _ -")
+        return value
+
+
 def _readable_by_others(path: Path, why: str) -> list[str]:
     """The warning for `path` when a secret file is readable beyond its owner, else none.
 
@@ -710,6 +781,7 @@ class Settings(_Section):
     http: HttpSettings = Field(default_factory=HttpSettings)
     backoff: BackoffSettings = Field(default_factory=BackoffSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    ha: HaSettings = Field(default_factory=HaSettings)
 
     _source_path: Path | None = PrivateAttr(default=None)
     # The secrets written in the config file itself (not set from the environment).
@@ -736,13 +808,20 @@ class Settings(_Section):
     def resolved_rules(self) -> list[RuleSpec]:
         return self.rules.resolved_rules(self.base_dir)
 
+    @property
+    def ce_source(self) -> str:
+        """The records' `ce_source`: kafka.ce_source, else the stream's URL (and partition)."""
+        if self.kafka.ce_source is not None:
+            return self.kafka.ce_source
+        return self.stream.stream.source(self.stream.partition)
+
     def empty_sync_problem(self, rules: list[RuleSpec] | None = None) -> ConfigError | None:
         """The error for a configuration whose `rules.mode = "sync"` would delete every rule
         on the App (no rules configured, rules.allow_empty not set), else None. `rules` are
         the resolved rules when the caller has them; otherwise they are read here."""
         cfg = self.rules
-        if cfg.mode != "sync" or cfg.allow_empty:
-            return None
+        if cfg.mode != "sync" or cfg.allow_empty or not self.stream.stream.rules:
+            return None  # a stream without rules (sample, firehose) never syncs them
         if rules is None:
             rules = self.resolved_rules()
         return None if rules else self._empty_sync_error()
@@ -796,7 +875,11 @@ class Settings(_Section):
             "SASL_PLAINTEXT"
         ):
             found.append("kafka SASL credentials travel unencrypted (SASL_PLAINTEXT)")
-        if self.rules.mode != "off" and not self._has_rules():
+        if not self.stream.stream.rules and self._has_rules():
+            found.append(
+                f"stream.endpoint = {self.stream.endpoint!r} takes no rules: the configured "
+                "rules are not synced (X applies rules to the filtered stream only)")
+        elif self.rules.mode != "off" and not self._has_rules():
             found.append(self._no_rules_warning())
         insecure = self._insecure_host()
         if insecure is not None:

@@ -47,6 +47,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from streamd.config import Settings, load_settings
 from streamd.dedup import DEDUP_MAX_IDS, DEDUP_WINDOW_S, Deduplicator
 from streamd.errors import ConfigError, CredentialsError, RulesError, StreamdError
+from streamd.ha.election import Election, client_settings  # high availability
+from streamd.ha.leadership import RECORD_TIMEOUT_S, Leadership
+from streamd.ha.records import RecordLog
 from streamd.kafka.publisher import KafkaPublisher
 from streamd.kafka.spool import Spool
 from streamd.ops import sdnotify
@@ -58,10 +61,13 @@ from streamd.ops.status import report_to_systemd
 from streamd.reasons import ExitCode
 from streamd.records import OutRecord
 from streamd.x.connections import ConnectionsApi
+from streamd.x.gaps import GapLedger, GapRow
 from streamd.x.ownership import OWN_CONNECTION_KEY, SlotKeeper
 from streamd.x.reconnect import ReconnectPolicy
+from streamd.x.recovery import JOBS_KEY, START_DELAY_S, Job, RecoveryJobs, RecoveryReader
 from streamd.x.rules import RulesApi, sync_configured_rules
 from streamd.x.stream import StreamReader, make_client, queue_batches
+from streamd.x.streams import Streams
 
 # The spool's meta key for the wall-clock time of the last read from X (epoch seconds):
 # after a restart, the gap since then sizes the backfill and is logged as stream.gap.
@@ -99,7 +105,7 @@ class _Parts:
     spool: Spool
     dedup: Deduplicator
     publisher: KafkaPublisher
-    reader: StreamReader
+    reader: Streams
     token: str
     # The queue between them: the reader sends lists of records, the publisher takes them.
     send: MemoryObjectSendStream[list[OutRecord]]
@@ -107,8 +113,14 @@ class _Parts:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, environ: Mapping[str, str] | None = None,
+        recover: tuple[float, float] | None = None,
+    ) -> None:
+        """`recover`: instead of the live stream, one recovery job for that window (epoch
+        seconds), then a clean stop (`streamd recover`)."""
         self.settings = settings
+        self.recover = recover
         self._environ = dict(os.environ if environ is None else environ)
         self.metrics = Metrics()
         self.log = get_logger("streamd")
@@ -118,6 +130,11 @@ class Daemon:
         # One sync at a time: start-up, SIGHUP and the 409 path never interleave.
         self._rules_lock = anyio.Lock()
         self._rules_scopes: set[anyio.CancelScope] = set()
+
+    @property
+    def parts(self) -> _Parts | None:
+        """What startup acquired (None before): for `streamd recover`'s summary."""
+        return self._parts
 
     # -- the lifecycle -----------------------------------------------------------------
 
@@ -170,8 +187,11 @@ class Daemon:
             dedup.preload(await anyio.to_thread.run_sync(
                 spool.recent_ids, DEDUP_WINDOW_S, DEDUP_MAX_IDS))
             last_read_at = await anyio.to_thread.run_sync(_last_read_at, spool)
-            keeper = self._slot_keeper(token, spool)
-            await keeper.load()
+            count = 0 if self.recover is not None else settings.stream.connections
+            names = [f"live-{i + 1}" for i in range(count)] if count > 1 else [None][:count]
+            keepers = [self._slot_keeper(token, spool, i) for i in range(count)]
+            for keeper in keepers:
+                await keeper.load()
         except BaseException:
             await anyio.to_thread.run_sync(spool.close)
             raise
@@ -181,23 +201,48 @@ class Daemon:
             self.log.info("spool.found", spooled=spool.count, bytes=spool.bytes,
                           detail="publishing what a previous run left")
         self.metrics.rule_tags.configure(configured_tags(settings))
-        self.metrics.leader.set(1)  # ha.mode "off": the one instance reads X
+        self._ha_setup(token, sasl_password)  # high availability: see below
         changes = self.state.changes
         publisher = KafkaPublisher(
             settings.kafka, self.metrics, self.log, spool=spool,
             spool_interval=settings.spool.batch_interval, sasl_password=sasl_password,
             changes=changes,
         )
-        reader = StreamReader(
-            settings, functools.partial(make_client, settings, token), self.metrics, self.log,
-            ReconnectPolicy(settings.backoff),
-            dedup=dedup,
-            on_no_rules=functools.partial(self.sync_rules, reason="no_rules"),
-            room=publisher.spool_room,  # closed while the spool is full: the reader stays off X
-            changes=changes,
-            last_read_at=last_read_at,
-            keeper=keeper if settings.x.connections_api else None,
-        )
+        client_factory = functools.partial(make_client, settings, token)
+        resync = functools.partial(self.sync_rules, reason="no_rules")
+        ledger = GapLedger(settings.stream, self.metrics, self.log, store=_SpoolGaps(spool))
+        live = [
+            StreamReader(
+                settings, client_factory, self.metrics, self.log,
+                ReconnectPolicy(settings.backoff),  # one per connection
+                dedup=dedup,  # one for all: a tweet is published once, whoever read it first
+                on_no_rules=resync,
+                room=publisher.spool_room,  # closed while the spool is full: off X
+                changes=changes,
+                last_read_at=last_read_at,
+                keeper=keeper if settings.x.connections_api else None,
+                name=name,
+                ledger=ledger,
+            )
+            for name, keeper in zip(names, keepers, strict=True)
+        ]
+
+        def recovery_reader(job: Job, name: str) -> RecoveryReader:
+            return RecoveryReader(
+                settings, client_factory, self.metrics, self.log,
+                ReconnectPolicy(settings.backoff), dedup=dedup, on_no_rules=resync,
+                room=publisher.spool_room, name=name, ledger=ledger,
+                window=(job.resume_from, job.end))
+
+        recovery = RecoveryJobs(recovery_reader, ledger, self.metrics, self.log,
+                                store=_SpoolMeta(spool, JOBS_KEY),
+                                # no live connection to tell apart from a one-off job
+                                start_delay=0.0 if self.recover else START_DELAY_S)
+        if self.recover is None:
+            await recovery.load()
+        else:
+            recovery.schedule(*self.recover, None, None)
+        reader = Streams(live, ledger, recovery, until_done=self.recover is not None)
         self.state.stream, self.state.kafka = reader, publisher
         send, receive = anyio.create_memory_object_stream[list[OutRecord]](
             max_buffer_size=queue_batches(settings.stream.queue_size)
@@ -216,11 +261,16 @@ class Daemon:
         tg.start_soon(parts.publisher.run, parts.receive)
         tg.start_soon(report_to_systemd, self.state)
         tg.start_soon(self._remember_last_read, parts)
+        if self._leadership is not None:  # high availability: see below
+            tg.start_soon(self._leadership.run)
         if await self.sync_rules(reason="startup"):
             self.state.rules_in_place()
 
     async def _main_loop(self, parts: _Parts) -> None:
         """Read X until a stop is asked for; a fatal disconnect raises."""
+        if self._leadership is not None:  # high availability: see below
+            await self._leadership.lead(parts.reader, parts.send)
+            return
         await parts.reader.run(parts.send)
 
     def _budget(self) -> ShutdownBudget:
@@ -323,10 +373,46 @@ class Daemon:
                 self.log.warning("spool.meta_failed", error=str(exc))
             saved = current
 
+    # -- high availability (ha.mode = "kafka"; streamd/ha, README "High availability") ---
+    # The daemon's only contacts with it, each marked "high availability": _acquire builds
+    # it, _startup starts the group membership, _main_loop leads through it (the reader
+    # runs only while this instance is elected), and every SlotKeeper reports the id of
+    # its connection to it. The publisher does not know of it: whatever the role, it drains
+    # the spool.
+
+    _leadership: Leadership | None = None
+
+    def _ha_setup(self, token: str, sasl_password: str | None) -> None:
+        settings = self.settings
+        if settings.ha.mode == "off":
+            self.metrics.leader.set(1)  # the one instance reads X
+            return
+        self.metrics.leader.set(0)  # until elected
+        election = Election(settings, self.log, self.metrics, sasl_password=sasl_password,
+                            changes=self.state.changes)
+        records = RecordLog(client_settings(settings, sasl_password), settings.ha.topic,
+                            settings.ha.group, self.log, timeout=RECORD_TIMEOUT_S)
+
+        @contextlib.asynccontextmanager
+        async def connections_api() -> AsyncIterator[ConnectionsApi]:
+            async with make_client(settings, token) as client:
+                yield ConnectionsApi(client, metrics=self.metrics)
+
+        self._leadership = Leadership(
+            settings, election, records, self.state, self.log, self.metrics,
+            connections=connections_api if settings.x.connections_api else None)
+        self.state.ha = self._leadership
+
+    async def _on_own_connection(self, connection_id: str, connected_at: float) -> None:
+        if self._leadership is not None:
+            await self._leadership.on_own(connection_id, connected_at)
+
     # -- rules -----------------------------------------------------------------------
 
-    def _slot_keeper(self, token: str, spool: Spool) -> SlotKeeper:
+    def _slot_keeper(self, token: str, spool: Spool, index: int = 0) -> SlotKeeper:
+        """The slot keeper of live connection `index` (each records its own connection)."""
         settings = self.settings
+        key = OWN_CONNECTION_KEY if index == 0 else f"{OWN_CONNECTION_KEY}.live-{index + 1}"
 
         @contextlib.asynccontextmanager
         async def connections_api() -> AsyncIterator[ConnectionsApi]:
@@ -334,7 +420,9 @@ class Daemon:
                 yield ConnectionsApi(client, metrics=self.metrics)
 
         return SlotKeeper(settings.x, connections_api, self.log, self.metrics,
-                          store=_SpoolMeta(spool, OWN_CONNECTION_KEY))
+                          store=_SpoolMeta(spool, key),
+                          endpoint=settings.stream.stream.connections_name,
+                          on_own=self._on_own_connection)  # high availability: see below
 
     def _rules_api(self) -> RulesApi:
         """The daemon's rules client: transient failures (network, 5xx, 429 however far its
@@ -355,8 +443,8 @@ class Daemon:
     async def sync_rules(self, *, reason: str) -> bool:
         """Make the server's rules match the configuration. True if rules are in place.
         Returns False at once when the daemon is stopping (the caller checks)."""
-        if self.settings.rules.mode == "off":
-            return False
+        if self.settings.rules.mode == "off" or not self.settings.stream.stream.rules:
+            return False  # not managed, or a stream rules do not apply to (sample, firehose)
         async with self._rules_lock:
             with anyio.CancelScope() as scope:
                 self._rules_scopes.add(scope)
@@ -422,6 +510,20 @@ class _SpoolMeta:
 
     async def save(self, text: str) -> None:
         await anyio.to_thread.run_sync(self.spool.set_meta, self.key, text)
+
+
+@dataclass(frozen=True, slots=True)
+class _SpoolGaps:
+    """The spool's gaps table, as the X side's GapStore."""
+
+    spool: Spool
+
+    async def add(self, row: GapRow) -> int:
+        return await anyio.to_thread.run_sync(
+            self.spool.add_gap, row.start, row.end, row.covered_by, row.detail, row.connection)
+
+    async def settle(self, gap_id: int, covered_by: str, detail: str) -> None:
+        await anyio.to_thread.run_sync(self.spool.settle_gap, gap_id, covered_by, detail)
 
 
 def _last_read_at(spool: Spool) -> float | None:

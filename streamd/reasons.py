@@ -36,6 +36,11 @@ class Reason(enum.StrEnum):
     # app (found in the connection history): waited out like too_many_connections, and
     # never evicted back within x.evict_min_interval.
     EVICTED = "evicted"
+    # A recovery connection (start_time/end_time) ended cleanly: X delivered its window.
+    RECOVERY_COMPLETE = "recovery_complete"
+    # ha.mode = "kafka": this instance lost leadership of its group, or cannot prove it (no
+    # heartbeat answered within ha.session_timeout / 2). No reconnect until elected again.
+    NOT_LEADER = "not_leader"
     SHUTDOWN = "shutdown"
 
 

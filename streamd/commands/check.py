@@ -2,7 +2,8 @@
 when no check failed (a WARN passes).
 
 Checks, in order: config, token, stream_access, rate_limits, rules, kafka, producer, topics,
-spool. A check whose prerequisite failed is reported SKIP rather than guessed at.
+spool, ha (the election's group, streamd.ha.group). A check whose prerequisite failed is
+reported SKIP rather than guessed at.
 
 A green check predicts `streamd run`: the configured rules are validated by X with the
 rules endpoint's dry run (`dry_run=true`: nothing changes), as run validates them before it
@@ -58,6 +59,7 @@ from streamd.errors import (
     RulesSyncError,
     StreamdError,
 )
+from streamd.ha.group import GroupView, judge_group, probe_group
 from streamd.kafka.producer import try_producer
 from streamd.kafka.publisher import producer_kwargs
 from streamd.kafka.spool import held_by_a_daemon
@@ -92,7 +94,7 @@ PROBE_NAME = ".streamd-check-probe"
 
 CHECK_NAMES = (
     "config", "token", "stream_access", "rate_limits", "rules", "connections", "kafka",
-    "producer", "topics", "spool",
+    "producer", "topics", "spool", "ha",
 )
 
 TIER_FIX = (
@@ -875,6 +877,7 @@ async def run_checks(
     x_probe: XProbe | None = None
     kafka_probe = KafkaProbe()
     producer_probe: ProducerProbe | None = None
+    ha_probe: GroupView | None = None
 
     async def x_task() -> None:
         nonlocal x_probe
@@ -882,10 +885,12 @@ async def run_checks(
             x_probe = await probe_x(settings, token)
 
     async def kafka_task() -> None:
-        nonlocal kafka_probe, producer_probe
+        nonlocal kafka_probe, producer_probe, ha_probe
         kafka_probe = await probe_kafka(settings, env.kafka_deadline)
         if kafka_probe.error is None:
             producer_probe = await probe_producer(settings, env.kafka_deadline)
+            if settings.ha.mode == "kafka":
+                ha_probe = await probe_group(settings, env.kafka_deadline)
 
     async with anyio.create_task_group() as group:
         group.start_soon(x_task)
@@ -912,6 +917,9 @@ async def run_checks(
                 judge_producer(settings, kafka_probe, producer_probe),
                 judge_topics(settings, kafka_probe),
                 judge_spool(settings, spool_probe)]
+    ha_status, ha_detail, ha_fix = judge_group(settings, ha_probe, kafka_probe.topics,
+                                               now=env.now())
+    results.append(CheckResult("ha", Status(ha_status), ha_detail, ha_fix))
     return results
 
 

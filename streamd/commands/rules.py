@@ -221,6 +221,13 @@ def rules_command(
     if action not in ACTIONS:
         stderr.write(f"streamd rules: unknown action {action!r} (list, diff, sync)\n")
         return ExitCode.USAGE
+    endpoint = settings.stream.stream
+    if not endpoint.rules:
+        stderr.write(
+            f"streamd rules: stream.endpoint = {endpoint.name!r} takes no rules: X applies "
+            "rules to the filtered stream only (stream.endpoint = \"filtered\"); this "
+            f"stream carries its whole share ({endpoint.path})\n")
+        return ExitCode.CONFIG
 
     async def main() -> int:
         token = settings.x.resolve_bearer_token()

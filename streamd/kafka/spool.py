@@ -101,6 +101,14 @@ CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gaps (
+    id INTEGER PRIMARY KEY,
+    start REAL NOT NULL,
+    end REAL NOT NULL,
+    covered_by TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    connection TEXT
+);
 """
 
 
@@ -282,7 +290,8 @@ class Spool:
                     " COMMIT;")
             else:
                 self._migrate(conn, version)
-                # Tables that version-1 releases added without a version bump (meta).
+                # Tables added without a version bump (meta; gaps): new tables only, which
+                # an older streamd never reads.
                 conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             conn.close()
@@ -538,6 +547,31 @@ class Spool:
                 " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 (name, value),
             )
+
+    # -- the gap ledger (streamd/x/gaps.py) ------------------------------------------------
+
+    def add_gap(self, start: float, end: float, covered_by: str, detail: str,
+                connection: str | None) -> int:
+        with self._lock, self._transaction("add_gap"):
+            cursor = self._conn.execute(
+                "INSERT INTO gaps (start, end, covered_by, detail, connection)"
+                " VALUES (?, ?, ?, ?, ?)", (start, end, covered_by, detail, connection))
+        return int(cursor.lastrowid or 0)
+
+    def settle_gap(self, gap_id: int, covered_by: str, detail: str) -> None:
+        with self._lock, self._transaction("settle_gap"):
+            self._conn.execute("UPDATE gaps SET covered_by = ?, detail = ? WHERE id = ?",
+                               (covered_by, detail, gap_id))
+
+    def gaps(self) -> list[tuple[int, float, float, str, str, str | None]]:
+        """Every gap recorded, oldest first: (id, start, end, covered_by, detail,
+        connection)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, start, end, covered_by, detail, connection FROM gaps ORDER BY id"
+            ).fetchall()
+        return [(int(r[0]), float(r[1]), float(r[2]), str(r[3]), str(r[4]),
+                 None if r[5] is None else str(r[5])) for r in rows]
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -51,6 +51,9 @@ GAP_COVERED_BY: tuple[str, ...] = ("redundant", "backfill", "recovery", "none")
 # Why streamd terminated a connection through the Connections API (interface: own_stale,
 # evict, handover, cli).
 TERMINATED_WHY: tuple[str, ...] = ("own_stale", "evict", "handover", "cli")
+# streamd_tweets_received_by_connection_total{connection}: the live connections and, all
+# together, the recovery jobs.
+CONNECTION_LABELS: tuple[str, ...] = ("live-1", "live-2", "recovery")
 # X endpoints whose x-rate-limit-remaining header is exported.
 RATE_LIMIT_ENDPOINTS: tuple[str, ...] = (
     "stream", "rules_get", "rules_post", "connections_get", "connections_delete")
@@ -227,6 +230,14 @@ class Metrics:
             "streamd_gap_seconds_total",
             "Seconds in which no connection was reading the stream, by how they were covered",
             ["covered_by"])
+        self.tweets_received_by_connection = counter(
+            "streamd_tweets_received_by_connection_total",
+            "Tweets read, by connection (live-1, live-2 with stream.connections = 2; "
+            "recovery: the recovery jobs)", ["connection"])
+        self.recovery_jobs = counter(
+            "streamd_recovery_jobs_total",
+            "Recovery jobs ended, by outcome (completed: X delivered the window; failed: X "
+            "refused it)", ["outcome"])
         self.connections_terminated = counter(
             "streamd_connections_terminated_total",
             "Stream connections terminated through X's Connections API, by why "
@@ -280,6 +291,10 @@ class Metrics:
             self.gap_seconds.labels(covered_by=covered_by)
         for why in TERMINATED_WHY:
             self.connections_terminated.labels(why=why)
+        for outcome in ("completed", "failed"):
+            self.recovery_jobs.labels(outcome=outcome)
+        for connection in CONNECTION_LABELS:
+            self.tweets_received_by_connection.labels(connection=connection)
         # x_rate_limit_remaining is left unset until a header is seen: a pre-set 0 would
         # read as "exhausted".
 

@@ -137,8 +137,11 @@ class SlotKeeper:
         store: OwnRecordStore | None = None,
         clock: Callable[[], float] = time.time,
         endpoint: str = FILTERED_STREAM,
+        on_own: Callable[[str, float], Awaitable[None]] | None = None,
     ) -> None:
-        """`api` opens a ConnectionsApi for one operation (and closes its client)."""
+        """`api` opens a ConnectionsApi for one operation (and closes its client).
+        `on_own(id, connected_at)` is awaited each time the id of our connection is learnt
+        (high availability: the leader records it for its successor, streamd/ha)."""
         self._settings = settings
         self._api = api
         self._log = log
@@ -146,6 +149,7 @@ class SlotKeeper:
         self._store = store
         self._clock = clock
         self._endpoint = endpoint
+        self._on_own = on_own
         self.available = settings.connections_api
         self.record = OwnRecord()
         # Every id known to be ours (this run's and the recorded one of the previous run),
@@ -196,6 +200,8 @@ class SlotKeeper:
         self.record = replace(self.record, id=own_id)
         await self._save()
         self._log.info("connections.own", id=own_id, connected_at=_when(candidates[0].connected_at))
+        if self._on_own is not None:
+            await self._on_own(own_id, connected_at)
 
     async def after_end(
         self, c: Classification, *, established: bool

@@ -289,7 +289,7 @@ class ReconnectPolicy:
         code = _FATAL.get(c.reason)
         if code is not None:
             return Exit(code, c.reason, c.detail or "")
-        if c.reason is Reason.SHUTDOWN:
+        if c.reason in (Reason.SHUTDOWN, Reason.RECOVERY_COMPLETE, Reason.NOT_LEADER):
             return Exit(ExitCode.OK, c.reason, c.detail or "")
         self._check_healthy_by_time()
         self._connected_at = None  # this connection (if any) is over

@@ -35,6 +35,7 @@ from streamd.x.classify import (
     classify_transport_error,
 )
 from streamd.x.framing import LineFramer, Oversize
+from streamd.x.gaps import Gap, GapLedger, backfill_for_gap  # noqa: F401 - re-exported
 from streamd.x.lines import ErrorMessage, interpret_line
 from streamd.x.ownership import SlotKeeper
 from streamd.x.reconnect import (
@@ -89,14 +90,6 @@ def make_client(settings: Settings, token: str) -> httpx.AsyncClient:
     )
 
 
-def backfill_for_gap(gap_seconds: float, configured_minutes: int) -> int:
-    """The backfill to ask for after `gap_seconds` without reading: the gap in whole
-    minutes, rounded up, at most `configured_minutes` (X allows 0..5)."""
-    if configured_minutes <= 0 or gap_seconds <= 0:
-        return 0
-    return min(configured_minutes, max(1, math.ceil(gap_seconds / 60.0)))
-
-
 @dataclass(frozen=True, slots=True)
 class StreamState:
     """What the reader tells the rest of the daemon (readiness, STATUS=, the watchdog)."""
@@ -105,37 +98,6 @@ class StreamState:
     usage_capped: bool = False  # from a usage_cap end until the next successful connect
     in_backoff: bool = False  # waiting on purpose: a reconnect delay, a full spool
     last_reason: Reason | None = None  # why the last connection ended; None once connected
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """A time in which no connection was reading, closed by a successful connect."""
-
-    start: float  # epoch seconds: the last read before it
-    end: float  # epoch seconds: the connect that ended it
-    backfill_minutes: int  # asked for on that connect
-    configured_minutes: int  # stream.backfill_minutes
-
-    @property
-    def seconds(self) -> float:
-        return max(0.0, self.end - self.start)
-
-    @property
-    def covered_by(self) -> str:
-        # X re-streams the last `backfill_minutes` before the connect: that covers the gap
-        # if the window reaches back to its start.
-        if self.backfill_minutes and self.seconds <= self.backfill_minutes * 60:
-            return "backfill"
-        return "none"
-
-    @property
-    def detail(self) -> str:
-        if self.covered_by == "backfill":
-            return f"backfill_minutes={self.backfill_minutes} re-streams the gap"
-        if self.configured_minutes == 0:
-            return "stream.backfill_minutes = 0: posts created in the gap are not re-sent"
-        return (f"longer than the {self.configured_minutes}-minute backfill window: "
-                "only its last minutes are re-sent")
 
 
 def _rfc3339(epoch_seconds: float) -> str:
@@ -162,12 +124,16 @@ class StreamReader:
         clock: Callable[[], float] = time.time,
         last_read_at: float | None = None,
         keeper: SlotKeeper | None = None,
+        name: str | None = None,
+        ledger: GapLedger | None = None,
     ) -> None:
         """`policy` decides every reconnect; `on_no_rules` re-syncs the rules after a 409
         (True: the server holds rules now); `room` is the spool's room (closed: the reader
         stays off X); `changes` hears of every change of `connected`, `usage_capped`,
         `in_backoff` and `last_reason`; `keeper` owns the app's connection slot through
-        X's Connections API (ownership.py)."""
+        X's Connections API (ownership.py); `name` labels this connection's events and
+        metrics when there are several (live-1, live-2); `ledger` records its gaps (gaps.py;
+        shared by the live connections)."""
         self._settings = settings
         # A fresh client, hence a fresh connection, for every connect: after a stall, a
         # connect timeout or our own close mid-body the old socket may be half dead, and
@@ -184,7 +150,21 @@ class StreamReader:
         self._clock = clock
         self._keeper = keeper
         self._established = False  # the current session's connect was answered 200
-        self._ce_source = settings.kafka.ce_source.encode()
+        self.name = name
+        self._labels: dict[str, str] = {"connection": name} if name else {}
+        endpoint = settings.stream.stream
+        self._path = endpoint.path
+        self._partition = settings.stream.partition
+        self.connected_since: float | None = None  # wall clock of the current connect
+        if ledger is None:
+            ledger = GapLedger(settings.stream, metrics, log, clock=clock)
+            ledger.attach([self])
+        self._ledger = ledger
+        self._by_connection = (
+            metrics.tweets_received_by_connection.labels(
+                connection="recovery" if name.startswith("recovery") else name)
+            if name else None)
+        self._ce_source = settings.ce_source.encode()
         self._stopping = False
         self._stop_by = math.inf  # monotonic: a read still inflating past this is dropped
         self._read_scope: anyio.CancelScope | None = None
@@ -205,6 +185,12 @@ class StreamReader:
         if self._read_scope is not None:
             self._read_scope.cancel()
 
+    def resume(self) -> None:
+        """Undo stop() once run() has returned: the next run() reads again (a standby
+        elected again re-enters it; streamd/ha)."""
+        self._stopping = False
+        self._stop_by = math.inf
+
     async def run(self, send: MemoryObjectSendStream[list[OutRecord]]) -> None:
         """Connect, read, classify, and do what the policy decides; until stop() or a
         decision to exit (raised as FatalDisconnect). Closes `send` on the way out so the
@@ -219,6 +205,7 @@ class StreamReader:
                     return
                 outcome = await self._session(send, self._policy.start_attempt())
                 self._update(replace(self._state, connected=False))
+                self.connected_since = None
                 if self._stopping:
                     return
                 freed = False
@@ -258,7 +245,7 @@ class StreamReader:
             await self._wait_for_room()
         elif isinstance(decision, Delay):
             reason = str(decision.reason)
-            self._log.info("stream.reconnect_scheduled", reason=reason,
+            self._log.info("stream.reconnect_scheduled", reason=reason, **self._labels,
                            attempt=decision.attempt, delay_s=round(decision.seconds, 3))
             self._metrics.reconnect_delay.labels(reason=reason).observe(decision.seconds)
             await self._wait_on_purpose(anyio.sleep(decision.seconds))
@@ -289,7 +276,7 @@ class StreamReader:
             self._update(replace(self._state, in_backoff=False))
 
     def _note_disconnect(self, c: Classification) -> None:
-        fields: dict[str, Any] = {"reason": str(c.reason)}
+        fields: dict[str, Any] = {"reason": str(c.reason), **self._labels}
         if c.status is not None:
             fields["status"] = c.status
         if c.disconnect_type:
@@ -333,26 +320,29 @@ class StreamReader:
             self._metrics.x_rate_limit_remaining.labels(endpoint="stream").set(limits.remaining)
 
     def _backfill_minutes(self) -> int:
-        if self.last_read_at is None:
-            return 0  # never read before: there is no gap to fill
-        return backfill_for_gap(self._clock() - self.last_read_at,
-                                self._settings.stream.backfill_minutes)
+        return self._ledger.backfill_minutes(self)
 
-    def _on_connected(self, attempt: int, backfill_minutes: int) -> None:
+    def _query(self, backfill_minutes: int) -> dict[str, str]:
+        """The stream request's parameters (a recovery connection asks for its window)."""
+        return stream_query(self._settings.x, backfill_minutes=backfill_minutes,
+                            partition=self._partition)
+
+    async def _on_connected(self, attempt: int, backfill_minutes: int) -> None:
         now = self._clock()
         self._policy.on_connected()
         # X let us in: the usage cap no longer holds.
         self._update(replace(self._state, connected=True, usage_capped=False, last_reason=None))
-        self._log.info("stream.connected", attempt=attempt,
+        self._log.info("stream.connected", attempt=attempt, **self._labels,
                        **({"backfill_minutes": backfill_minutes} if backfill_minutes else {}))
-        if self.last_read_at is not None:
-            gap = Gap(self.last_read_at, now, backfill_minutes,
-                      self._settings.stream.backfill_minutes)
-            self._log.info("stream.gap", **{"from": _rfc3339(gap.start)}, to=_rfc3339(gap.end),
-                           seconds=round(gap.seconds, 3), covered_by=gap.covered_by,
-                           detail=gap.detail)
-            self._metrics.gap_seconds.labels(covered_by=gap.covered_by).inc(gap.seconds)
-        self.last_read_at = now
+        await self._record_gap(backfill_minutes)
+        self.connected_since = self.last_read_at = now
+
+    def _ended(self, message: Classification | None) -> Classification:
+        """The body ended cleanly (the last chunk, END_STREAM): why, by the last message."""
+        return classify_eof(message)
+
+    async def _record_gap(self, backfill_minutes: int) -> None:
+        await self._ledger.connected(self, backfill_minutes)
 
     async def _session(
         self, send: MemoryObjectSendStream[list[OutRecord]], attempt: int
@@ -386,9 +376,7 @@ class StreamReader:
     ) -> Classification:
         stall_timeout = self._settings.stream.stall_timeout
         backfill = self._backfill_minutes()
-        request = client.build_request(
-            "GET", STREAM_PATH, params=stream_query(self._settings.x, backfill_minutes=backfill)
-        )
+        request = client.build_request("GET", self._path, params=self._query(backfill))
         try:
             # X may accept the request and never answer: the wait for the response headers
             # is bounded like any other silence on the stream.
@@ -406,7 +394,7 @@ class StreamReader:
                 # Before "connected": a body we cannot decode is a failed connect, a
                 # protocol problem like any other (httpx.DecodingError, reason network).
                 inflater = Inflater(resp.headers.get("content-encoding"))
-                self._on_connected(attempt, backfill)
+                await self._on_connected(attempt, backfill)
                 self._established = True
                 if self._keeper is None:
                     return await self._read_body(resp, inflater, framer, send)
@@ -451,7 +439,7 @@ class StreamReader:
                     try:
                         chunk = await chunks.__anext__()
                     except StopAsyncIteration:
-                        return classify_eof(message)
+                        return self._ended(message)
                 if stall_scope.cancelled_caught:
                     return Classification(Reason.STALL, status=200,
                                           detail=f"no data for {stall_timeout:g} s")
@@ -521,7 +509,21 @@ class StreamReader:
                     if found is not None:
                         message = found
                     for i in range(0, len(records), QUEUE_BATCH):
-                        await send.send(records[i:i + QUEUE_BATCH])
+                        # send() turns the loop every time. While the publisher has not
+                        # taken the previous hand-over (it is busy: the daemon is loaded),
+                        # this one is queued without a turn, so it finds several reads
+                        # queued and packs fewer, larger batches (bench/PERFORMANCE.md).
+                        # Otherwise (it waits for records: low latency matters more) and
+                        # when the queue is full, send() as ever. The loop still turns at
+                        # every network read.
+                        batch = records[i:i + QUEUE_BATCH]
+                        if send.statistics().current_buffer_used:
+                            try:
+                                send.send_nowait(batch)
+                                continue
+                            except anyio.WouldBlock:
+                                pass
+                        await send.send(batch)
                     if start + FRAMES_PER_TURN < count:
                         await anyio.lowlevel.checkpoint()
         except httpx.DecodingError as exc:
@@ -579,6 +581,8 @@ class StreamReader:
         if tweets:
             self.received += len(tweets)
             metrics.tweets_received.inc(len(tweets))
+            if self._by_connection is not None:
+                self._by_connection.inc(len(tweets))
             metrics.lines_tweet.inc(len(tweets))
             if not self._healthy_since_connect:
                 self._healthy_since_connect = True

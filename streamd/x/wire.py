@@ -23,6 +23,7 @@ a body are body.py's.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 from collections.abc import Mapping
@@ -45,6 +46,7 @@ __all__ = [
     "parse_message",
     "problem_slug",
     "rate_limit",
+    "rfc3339_seconds",
     "stream_query",
 ]
 
@@ -275,10 +277,20 @@ def parse_message(obj: Mapping[str, Any]) -> Answer:
 
 # --- what streamd asks for ---------------------------------------------------------------
 
-def stream_query(x: XSettings, *, backfill_minutes: int = 0) -> dict[str, str]:
-    """The query string of `GET /2/tweets/search/stream`: each [x] field list under its
-    parameter name, empty lists left out (https://docs.x.com/x-api/fundamentals/fields,
-    https://docs.x.com/x-api/fundamentals/expansions), and the backfill asked for."""
+def rfc3339_seconds(epoch: float) -> str:
+    """`start_time`/`end_time` as X takes them: RFC 3339, UTC, whole seconds."""
+    return dt.datetime.fromtimestamp(int(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def stream_query(
+    x: XSettings, *, backfill_minutes: int = 0, partition: int = 0,
+    start_time: float | None = None, end_time: float | None = None,
+) -> dict[str, str]:
+    """The query string of a stream request: each [x] field list under its parameter name,
+    empty lists left out (https://docs.x.com/x-api/fundamentals/fields,
+    https://docs.x.com/x-api/fundamentals/expansions), the backfill asked for, the
+    partition (sample10, firehoses) and a recovery window (`start_time` whole seconds down,
+    `end_time` up, so the window asked for always holds the one wanted)."""
     lists = {
         "tweet.fields": x.tweet_fields,
         "expansions": x.expansions,
@@ -290,4 +302,10 @@ def stream_query(x: XSettings, *, backfill_minutes: int = 0) -> dict[str, str]:
     params = {name: ",".join(values) for name, values in lists.items() if values}
     if backfill_minutes > 0:
         params["backfill_minutes"] = str(backfill_minutes)
+    if partition:
+        params["partition"] = str(partition)
+    if start_time is not None:
+        params["start_time"] = rfc3339_seconds(math.floor(start_time))
+    if end_time is not None:
+        params["end_time"] = rfc3339_seconds(math.ceil(end_time))
     return params

@@ -99,10 +99,20 @@ def test_validation_is_not_vacuous(rendered: list[Manifest]) -> None:
         kubernetes_validate.validate(statefulset, K8S_VERSIONS[-1], strict=True)
 
 
+def _env(rendered: list[Manifest]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in _container(rendered).get("env", []) if "value" in e}
+
+
 def test_single_stream_holder(rendered: list[Manifest]) -> None:
     spec = one(rendered, "StatefulSet")["spec"]
-    assert spec["replicas"] == 1
-    assert spec.get("podManagementPolicy", "OrderedReady") == "OrderedReady"
+    if _env(rendered).get("STREAMD_HA__MODE") == "kafka":
+        assert spec["replicas"] >= 2  # one holder, elected: test_ha_overlay_...
+    elif _env(rendered).get("STREAMD_STREAM__PARTITION_FROM") == "hostname":
+        # One holder per partition: test_firehose_overlay_gives_each_pod_its_partition.
+        assert spec["replicas"] >= 2
+    else:
+        assert spec["replicas"] == 1
+        assert spec.get("podManagementPolicy", "OrderedReady") == "OrderedReady"
     service = one(rendered, "Service")
     assert service["spec"]["clusterIP"] == "None"
     assert spec["serviceName"] == service["metadata"]["name"]
@@ -171,8 +181,12 @@ def test_generated_objects_are_wired(rendered: list[Manifest]) -> None:
     assert set(config_map["data"]) == {"streamd.toml", "rules.toml"}
 
 
-def test_config_map_is_a_valid_streamd_config(rendered: list[Manifest], tmp_path: Path) -> None:
+def test_config_map_is_a_valid_streamd_config(
+    rendered: list[Manifest], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The packaged streamd.toml loads with streamd's own loader, as the pod would."""
+    # The first pod's host name, as Kubernetes sets it (stream.partition_from reads it).
+    monkeypatch.setenv("HOSTNAME", f"{one(rendered, 'StatefulSet')['metadata']['name']}-0")
     config_map = one(rendered, "ConfigMap")
     for name, text in config_map["data"].items():
         (tmp_path / name).write_text(text)
@@ -201,6 +215,56 @@ def test_overlay_is_a_distinct_stream(renderings: dict[str, list[Manifest]]) -> 
     assert env["STREAMD_KAFKA__TOPIC"] != "x.tweets"
     monitor = one(overlay, "PodMonitor")
     assert monitor["spec"]["selector"]["matchLabels"] == overlay_sel
+
+
+def test_firehose_overlay_gives_each_pod_its_partition(
+    renderings: dict[str, list[Manifest]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rendered = renderings["overlays/firehose-partitioned"]
+    statefulset = one(rendered, "StatefulSet")
+    replicas = statefulset["spec"]["replicas"]
+    assert replicas >= 2
+    assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
+    name = statefulset["metadata"]["name"]
+    env = {e["name"]: e["value"] for e in _container(rendered)["env"]}
+    # The pod's config as streamd reads it, on each pod of the set: partitions 1..replicas.
+    config = one(rendered, "ConfigMap")["data"]
+    (tmp_path / "streamd.toml").write_text(config["streamd.toml"])
+    (tmp_path / "rules.toml").write_text(config["rules.toml"])
+    partitions = []
+    for ordinal in range(replicas):
+        monkeypatch.setenv("HOSTNAME", f"{name}-{ordinal}")
+        settings = load_settings(tmp_path / "streamd.toml", env)
+        assert settings.stream.endpoint == "firehose"
+        partitions.append(settings.stream.partition)
+    assert partitions == list(range(1, replicas + 1))
+
+
+def test_ha_overlay_elects_one_of_two_pods_on_two_nodes(
+    renderings: dict[str, list[Manifest]], tmp_path: Path,
+) -> None:
+    rendered = renderings["overlays/ha"]
+    spec = one(rendered, "StatefulSet")["spec"]
+    assert spec["replicas"] == 2
+    assert spec["podManagementPolicy"] == "Parallel"
+    pod_labels = spec["template"]["metadata"]["labels"]
+    anti = spec["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (term,) = anti["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert pod_labels.items() >= term["labelSelector"]["matchLabels"].items()
+    budget = one(rendered, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert pod_labels.items() >= budget["spec"]["selector"]["matchLabels"].items()
+    # It replaces the base (one stream, one X app), it does not run beside it.
+    assert one(rendered, "StatefulSet")["metadata"]["name"] == one(
+        renderings["base"], "StatefulSet")["metadata"]["name"]
+    # The pods' config as streamd reads it: the election on.
+    for name, text in one(rendered, "ConfigMap")["data"].items():
+        (tmp_path / name).write_text(text)
+    settings = load_settings(tmp_path / "streamd.toml", environ=_env(rendered))
+    assert settings.ha.mode == "kafka"
+    assert (settings.ha.group, settings.ha.topic) == ("streamd", "streamd.leader")
+    assert settings.ha.session_timeout == 10
 
 
 # -- the Prometheus Operator's objects (CRDs) ----------------------------------------------

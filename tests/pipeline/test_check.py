@@ -106,7 +106,7 @@ def test_good_setup_passes_every_check(
     assert code == 0, output
     assert list(lines) == list(CHECK_NAMES)
     assert set(statuses(lines).values()) == {"[ OK ]"}, output
-    assert "verdict: PASS (10 OK)" in output
+    assert "verdict: PASS (11 OK)" in output
     assert "449 of 450 requests left" in lines["rate_limits"][1]
     assert " UTC " in lines["rate_limits"][1]
     assert " local), in " in lines["rate_limits"][1]
@@ -307,7 +307,7 @@ def test_a_broker_without_idempotent_producer_fails_with_the_fix(
     assert detail.endswith("; a producer without idempotence starts — fix: set "
                            "kafka.enable_idempotence = false")
     assert statuses(lines)["kafka"] == statuses(lines)["topics"] == "[ OK ]"
-    assert "verdict: FAIL (9 OK, 1 FAIL) — failed: producer" in output
+    assert "verdict: FAIL (10 OK, 1 FAIL) — failed: producer" in output
     assert "Unexpected error during InitProducerIdRequest" not in output  # aiokafka's log
 
 

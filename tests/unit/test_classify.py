@@ -75,8 +75,9 @@ def test_fixture_covers_the_table() -> None:
     expected = {
         r.value for r in Reason if r not in (Reason.STALL, Reason.NETWORK, Reason.RULES_CAP)
     } - {Reason.SPOOL_FULL.value, Reason.SHUTDOWN.value,
-         # Not in any answer: found in X's connection history (x/ownership.py).
-         Reason.EVICTED.value}
+         # Not in any answer: found in X's connection history (x/ownership.py), the
+         # clean end of a recovery connection (x/recovery.py), and a lost election (ha/).
+         Reason.EVICTED.value, Reason.RECOVERY_COMPLETE.value, Reason.NOT_LEADER.value}
     assert expected <= seen
 
 

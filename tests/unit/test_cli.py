@@ -403,9 +403,9 @@ def test_error_text_is_shown_not_obeyed_by_the_terminal(
 @pytest.mark.parametrize(
     "argv",
     [[], ["run"], ["rules"], ["check"], ["simulate"], ["demo"], ["connections"],
-     ["connections", "list"], ["connections", "terminate"]],
+     ["connections", "list"], ["connections", "terminate"], ["recover"]],
     ids=["streamd", "run", "rules", "check", "simulate", "demo", "connections",
-         "connections-list", "connections-terminate"])
+         "connections-list", "connections-terminate", "recover"])
 def test_every_commands_help_ends_with_one_to_three_examples(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

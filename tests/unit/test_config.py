@@ -959,3 +959,62 @@ def test_suggested_spool_dir_fits_where_streamd_runs(
     fix = spool_dir_fix(environ)
     assert f'spool.dir = "{expected}"' in fix
     assert ("StateDirectory=streamd" in fix) is ("STATE_DIRECTORY" not in environ)
+
+
+# --- issue 14: endpoints, partitions ------------------------------------------------------
+
+
+def _stream(tmp_path: Path, stream: str, env: dict[str, str] | None = None) -> Settings:
+    return load_settings(write(tmp_path, f"[stream]\n{stream}\n"), env or {},
+                         refuse_empty_sync=False)
+
+
+@pytest.mark.parametrize(("stream", "problem"), [
+    ('endpoint = "firehose"', "needs a partition from 1 to 20 (got 0)"),
+    ('endpoint = "firehose"\npartition = 21', "less than or equal to 20"),
+    ('endpoint = "sample10"\npartition = 3', "needs a partition from 1 to 2 (got 3)"),
+    ("partition = 2", "'filtered' has no partitions"),
+    ('endpoint = "firehose_de"', "stream.endpoint"),
+    ("connections = 3", "stream.connections"),
+    ('recovery = "sometimes"', "stream.recovery"),
+])
+def test_a_stream_that_does_not_exist_is_refused_naming_the_key(
+    tmp_path: Path, stream: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)) as caught:
+        _stream(tmp_path, stream)
+    assert caught.value.key.startswith("stream.")
+    assert caught.value.exit_code == ExitCode.CONFIG
+
+
+def test_the_partition_comes_from_a_statefulset_pods_ordinal(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    monkeypatch.setenv("HOSTNAME", "streamd-3")
+    settings = _stream(tmp_path, 'endpoint = "firehose"\npartition_from = "hostname"')
+    assert settings.stream.partition == 4
+    assert settings.ce_source == "https://api.x.com/2/tweets/firehose/stream?partition=4"
+    monkeypatch.setenv("HOSTNAME", "streamd")
+    with pytest.raises(ConfigError, match="ending in -<ordinal>"):
+        _stream(tmp_path, 'endpoint = "firehose"\npartition_from = "hostname"')
+
+
+def test_ce_source_names_the_stream_unless_set(tmp_path: Path) -> None:
+    assert _stream(tmp_path, "").ce_source == "https://api.x.com/2/tweets/search/stream"
+    lang = _stream(tmp_path, 'endpoint = "firehose_en"\npartition = 7')
+    assert lang.ce_source == "https://api.x.com/2/tweets/firehose/stream/lang/en?partition=7"
+    own = load_settings(write(tmp_path, '[kafka]\nce_source = "urn:mine"\n'), {},
+                        refuse_empty_sync=False)
+    assert own.ce_source == "urn:mine"
+
+
+def test_a_stream_without_rules_needs_none_and_warns_about_configured_ones(
+    tmp_path: Path,
+) -> None:
+    # rules.mode = "sync" (the default) with no rules is refused for the filtered stream
+    # only: the firehose never syncs rules.
+    path = write(tmp_path, '[stream]\nendpoint = "sample"\n')
+    assert load_settings(path, {}).stream.endpoint == "sample"
+    with_rules = load_settings(write(
+        tmp_path, '[stream]\nendpoint = "sample"\n[[rules.rule]]\nvalue = "cat"\n'), {})
+    assert any("takes no rules" in w for w in with_rules.warnings())

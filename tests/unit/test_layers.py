@@ -20,10 +20,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "streamd"
 
-LOWER = ("streamd.errors", "streamd.reasons", "streamd.flow", "streamd.records",
-         "streamd.config", "streamd.dedup", "streamd.ops")
-HIGHER = ("streamd.x", "streamd.kafka", "streamd.daemon", "streamd.commands", "streamd.cli",
-          "streamd.dev")
+LOWER = ("streamd.errors", "streamd.reasons", "streamd.endpoints", "streamd.flow",
+         "streamd.records", "streamd.config", "streamd.dedup", "streamd.ops")
+HIGHER = ("streamd.x", "streamd.kafka", "streamd.ha", "streamd.daemon", "streamd.commands",
+          "streamd.cli", "streamd.dev")
 SIMULATOR_USERS = ("streamd.dev", "streamd.cli", "streamd.simulator")
 
 

@@ -210,7 +210,7 @@ def test_rule_tags_are_counted_only_through_the_bounded_counter() -> None:
     from streamd.ops import metrics as metrics_module
     from streamd.x import rules, stream
 
-    fixed = {"reason", "kind", "covered_by", "endpoint", "version", "rule_tag"}
+    fixed = {"reason", "kind", "covered_by", "endpoint", "version", "rule_tag", "connection"}
     for module in (stream, publisher, rules):
         tree = ast.parse(inspect.getsource(module))
         for node in ast.walk(tree):

@@ -94,6 +94,8 @@ TABLE = [
     Row(Reason.NO_RULES, Resync, (5, 10, 20, 40, 80, 160, 320), 320),
     Row(Reason.SPOOL_FULL, WaitForRoom),
     Row(Reason.SHUTDOWN, Exit, code=ExitCode.OK),
+    Row(Reason.RECOVERY_COMPLETE, Exit, code=ExitCode.OK),
+    Row(Reason.NOT_LEADER, Exit, code=ExitCode.OK),
     Row(Reason.UNAUTHORIZED, Exit, code=ExitCode.CREDENTIALS),
     Row(Reason.FORBIDDEN, Exit, code=ExitCode.CREDENTIALS),
     Row(Reason.INVALID_REQUEST, Exit, code=ExitCode.CONFIG),
