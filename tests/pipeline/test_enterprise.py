@@ -57,6 +57,13 @@ def keys_on(broker: LocalBroker, topic: str) -> Counter[str]:
     return Counter(r.key.decode() for r in read_topic(broker.bootstrap, topic, idle=3.0) if r.key)
 
 
+def assert_once_on_topic(broker: LocalBroker, topic: str, ids: list[str], what: str) -> None:
+    on_topic = keys_on(broker, topic)
+    missing = [i for i in ids if i not in on_topic]
+    assert not missing, f"{len(missing)} of {len(ids)} tweets {what} missing"
+    assert [k for k, n in on_topic.items() if n > 1] == []
+
+
 def stop(*daemons: DaemonProcess) -> None:
     for d in daemons:
         d.signal(signal.SIGTERM)
@@ -77,9 +84,9 @@ def test_two_connections_lose_nothing_while_one_is_killed_again_and_again(
         d.wait_event("stream.connected", count=2)
         started = s.now()
         kills = 0
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            time.sleep(2.5)
+            time.sleep(1.5)
             live = [c for c in s.connection_records() if c.active]
             if len(live) == 2:
                 s.reset_connection(live[kills % 2].id)  # its socket, reset: a network end
@@ -88,7 +95,7 @@ def test_two_connections_lose_nothing_while_one_is_killed_again_and_again(
         time.sleep(1.0)
         timeline = [t.id for t in s.timeline(started, s.now() + 1)]
         stop(d)
-    assert kills >= 8
+    assert kills >= 6
     disconnects = d.named("stream.disconnected")
     assert {e["connection"] for e in disconnects} == {"live-1", "live-2"}
     on_topic = keys_on(broker, topics[0])
@@ -131,10 +138,7 @@ def test_a_two_minute_restart_is_covered_by_backfill(
         stop(second)
         while_down = [t.id for t in s.timeline(down_from, time.time())]
     assert len(while_down) >= 120 * 50
-    on_topic = keys_on(broker, topics[0])
-    missing = [i for i in while_down if i not in on_topic]
-    assert not missing, f"{len(missing)} of {len(while_down)} tweets created while down missing"
-    assert [k for k, n in on_topic.items() if n > 1] == []
+    assert_once_on_topic(broker, topics[0], while_down, "created while down")
 
 
 # --- acceptance 3: a 3-hour gap, a recovery job, a kill in the middle ----------------------
@@ -172,10 +176,7 @@ def test_a_three_hour_gap_is_recovered_and_the_job_survives_a_restart(
         stop(third)
         window = [t.id for t in s.timeline(down_from, time.time())]
     assert len(window) >= 3 * 3600
-    on_topic = keys_on(broker, topics[0])
-    missing = [i for i in window if i not in on_topic]
-    assert not missing, f"{len(missing)} of {len(window)} tweets of the window missing"
-    assert [k for k, n in on_topic.items() if n > 1] == []
+    assert_once_on_topic(broker, topics[0], window, "of the window")
 
 
 # --- acceptance 4: a partitioned firehose, four daemons -------------------------------------

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.consumer.group_coordinator import GroupCoordinator
+from eventlog import EventLog
 
 from streamd.config import HaSettings, Settings
 from streamd.errors import ConfigError
@@ -40,17 +41,7 @@ def anyio_backend() -> str:
     return "asyncio"  # aiokafka's
 
 
-class Log:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def _add(self, event: str, **fields: Any) -> None:
-        self.events.append((event, fields))
-
-    info = warning = error = debug = _add
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [f for e, f in self.events if e == name]
+Log = EventLog
 
 
 def settings(session: float = 6.0, tmp: Path | None = None) -> Settings:

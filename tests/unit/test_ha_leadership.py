@@ -17,6 +17,7 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 from anyio.streams.memory import MemoryObjectSendStream
+from eventlog import EventLog
 
 from streamd.config import Settings
 from streamd.ha.election import Election, Role
@@ -38,17 +39,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class Log:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def _add(self, event: str, **fields: Any) -> None:
-        self.events.append((event, fields))
-
-    info = warning = error = debug = _add
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [f for e, f in self.events if e == name]
+Log = EventLog
 
 
 # --- the leader record -----------------------------------------------------------------------
