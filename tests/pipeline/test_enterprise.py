@@ -37,6 +37,20 @@ def config(sim: Simulator, broker: LocalBroker, topics: tuple[str, str], spool: 
     return daemon_config(sim.url, broker.bootstrap, *topics, spool, **overrides)
 
 
+def run_then_go_down(sim: Simulator, run_daemon: StartDaemon, cfg: dict[str, dict[str, Any]],
+                     spool: Path, seconds: float, *, read: int = 0) -> float:
+    """A first run that connects (and reads `read` tweets), stops, and is then down for
+    `seconds` (compressed on both sides). Returns when the gap began."""
+    first = run_daemon(cfg)
+    first.wait_event("stream.connected")
+    if read:
+        assert sim.wait_sent(read, timeout=15)
+    stop(first)
+    down_from = claim_down_since(spool, seconds)
+    sim.backdate(seconds)  # the tweets of those seconds, read by nobody
+    return down_from
+
+
 def claim_down_since(spool_dir: Path, seconds_ago: float) -> float:
     """Tell a stopped daemon's spool that its last read was `seconds_ago` ago."""
     when = time.time() - seconds_ago
@@ -120,12 +134,7 @@ def test_a_two_minute_restart_is_covered_by_backfill(
         spool = tmp_path / "spool"
         cfg = config(s, broker, topics, tmp_path, stream={"stall_timeout": 5,
                                                           "backfill_minutes": 5})
-        first = run_daemon(cfg)
-        first.wait_event("stream.connected")
-        assert s.wait_sent(100, timeout=15)
-        stop(first)
-        down_from = claim_down_since(spool, 120.0)
-        s.backdate(120.0)  # the tweets of those two minutes, read by nobody
+        down_from = run_then_go_down(s, run_daemon, cfg, spool, 120.0, read=100)
         second = run_daemon(cfg, name="second.toml")
         second.wait_event("stream.connected")
         gap = second.wait_event("stream.gap")[0]
@@ -151,11 +160,7 @@ def test_a_three_hour_gap_is_recovered_and_the_job_survives_a_restart(
         spool = tmp_path / "spool"
         cfg = config(s, broker, topics, tmp_path, stream={
             "stall_timeout": 5, "backfill_minutes": 5, "recovery": "auto"})
-        first = run_daemon(cfg)
-        first.wait_event("stream.connected")
-        stop(first)
-        down_from = claim_down_since(spool, 3 * 3600.0)
-        s.backdate(3 * 3600.0)
+        down_from = run_then_go_down(s, run_daemon, cfg, spool, 3 * 3600.0)
         # X re-streams the window slowly enough that the kill lands in the middle.
         s.configure(recovery_rate=1500.0)
         second = run_daemon(cfg, name="second.toml")
@@ -228,11 +233,7 @@ def test_without_recovery_on_the_tier_the_gap_is_none_with_the_reason_and_nothin
         spool = tmp_path / "spool"
         cfg = config(s, broker, topics, tmp_path, stream={"stall_timeout": 5,
                                                           "recovery": "auto"})
-        first = run_daemon(cfg)
-        first.wait_event("stream.connected")
-        stop(first)
-        claim_down_since(spool, 3600.0)
-        s.backdate(3600.0)
+        run_then_go_down(s, run_daemon, cfg, spool, 3600.0)
         second = run_daemon(cfg, name="second.toml")
         done = second.wait_event("recovery.completed")[0]
         assert done["outcome"] == "failed"
