@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dash
@@ -236,9 +236,13 @@ def _targets(panel: Panel) -> list[cogbuilder.Builder[variants.Dataquery]]:
     ]
 
 
-def _stat(panel: Panel) -> stat.Panel:
-    builder = (
-        stat.Panel()
+PanelBuilder = TypeVar("PanelBuilder", stat.Panel, timeseries.Panel)
+
+
+def _common(builder: PanelBuilder, panel: Panel) -> PanelBuilder:
+    """What every panel sets, whatever its kind."""
+    return (
+        builder
         .title(panel.title)
         .description(panel.description)
         .datasource(DATASOURCE)
@@ -247,6 +251,12 @@ def _stat(panel: Panel) -> stat.Panel:
         .height(panel.height)
         .unit(panel.unit)
         .thresholds(_thresholds(panel))
+    )
+
+
+def _stat(panel: Panel) -> stat.Panel:
+    builder = (
+        _common(stat.Panel(), panel)
         .color_mode(common.BigValueColorMode.BACKGROUND)
         .graph_mode(common.BigValueGraphMode.NONE)
         .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
@@ -261,17 +271,9 @@ def _stat(panel: Panel) -> stat.Panel:
 
 def _timeseries(panel: Panel) -> timeseries.Panel:
     builder = (
-        timeseries.Panel()
-        .title(panel.title)
-        .description(panel.description)
-        .datasource(DATASOURCE)
-        .targets(_targets(panel))
-        .span(panel.width)
-        .height(panel.height)
-        .unit(panel.unit)
+        _common(timeseries.Panel(), panel)
         .min(0)
         .fill_opacity(10)
-        .thresholds(_thresholds(panel))
         .legend(
             common_builders.VizLegendOptions()
             .display_mode(common.LegendDisplayMode.LIST)
