@@ -175,6 +175,7 @@ class Family:
     name: str
     schedule: Schedule
     honours_reset: bool = False  # never earlier than the x-rate-limit-reset
+    floor: float = 0.0  # never a shorter delay than this
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,8 @@ class Profile:
 _NETWORK = Family("network", _network)
 # Another holder of the slot: the same wait whether it refused us or terminated us.
 _TOO_MANY_CONNECTIONS = Family("too_many_connections", _rate_limit)
+# Evicted: the same counter, and never back before the evictor took the slot.
+_EVICTED = Family("too_many_connections", _rate_limit, floor=EVICTED_MIN_DELAY)
 STREAM = Profile(
     families={
         Reason.OPERATIONAL_DISCONNECT: Family("operational", _at_once_then_http),
@@ -200,7 +203,7 @@ STREAM = Profile(
         Reason.NO_RULES: Family("no_rules", _http),
         Reason.RATE_LIMITED: Family("rate_limit", _rate_limit, honours_reset=True),
         Reason.TOO_MANY_CONNECTIONS: _TOO_MANY_CONNECTIONS,
-        Reason.EVICTED: _TOO_MANY_CONNECTIONS,
+        Reason.EVICTED: _EVICTED,
         Reason.USAGE_CAP: Family("usage_cap", _usage_cap),
     },
     jitter=True,
@@ -333,9 +336,7 @@ class ReconnectPolicy:
                         f"gave up after {self._max_attempts} attempts: {detail}")
         n = self._failures.get(family.name, 0)
         self._failures[family.name] = n + 1
-        seconds = family.schedule(self._settings, n)
-        if c.reason is Reason.EVICTED:
-            seconds = max(seconds, EVICTED_MIN_DELAY)
+        seconds = max(family.schedule(self._settings, n), family.floor)
         if family.honours_reset:
             seconds = max(seconds, self._until_reset(c.reset_at) + self._profile.reset_margin)
         return self._bounded(Delay(self._jittered(seconds), c.reason, self._started + 1),
